@@ -1,0 +1,106 @@
+"""ActorCritic: a policy backbone with an LM head, and a value function on the same or a separate trunk.
+
+Every backbone (GPT, GRU, HF) offers the same three calls, so this module, scoring and
+rollouts never branch on the architecture:
+
+    hidden, cache = backbone(input_ids (B, L), attention_mask (B, S), cache)   # S = cached + L
+    logits = backbone.logits(hidden)                                           # (B, L, V)
+    cache = backbone.new_cache(B, max_len)
+
+The value head is a Linear(H, 1) with zero weight and bias, so V = 0 everywhere before
+training: the first advantages are then plain discounted rewards rather than noise from a
+random head (cf. the zero-initialised value heads of TRL and OpenRLHF). With
+`critic="separate"` the critic trunk starts as a copy of the policy trunk.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from gae.models.config import ModelConfig
+
+
+def build_backbone(cfg: ModelConfig, vocab_size: int, *, hf_config_dir=None) -> nn.Module:
+    if cfg.arch == "gpt":
+        from gae.models.gpt import GPT
+
+        return GPT(cfg, vocab_size)
+    if cfg.arch == "gru":
+        from gae.models.gru import GRULM
+
+        return GRULM(cfg, vocab_size)
+    if cfg.arch == "hf":
+        from gae.models.hf import HFCausalLM
+
+        return HFCausalLM(cfg, vocab_size, hf_config_dir=hf_config_dir)
+    raise ValueError(f"ModelConfig.arch={cfg.arch!r}; choose gpt, gru or hf")
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, cfg: ModelConfig, actor: nn.Module, critic_trunk: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.actor = actor
+        self.critic_trunk = critic_trunk  # None: the value head reads the actor's hidden states
+        trunk = critic_trunk if critic_trunk is not None else actor
+        self.value_head = nn.Linear(trunk.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.cfg.vocab_size)
+
+    @property
+    def block_size(self) -> int | None:
+        return getattr(self.actor, "block_size", None)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask: (B, L) -> logits (B, L, V), values (B, L) (no cache)."""
+        hidden, _ = self.actor(input_ids, attention_mask, None)  # (B, L, H)
+        logits = self.actor.logits(hidden)  # (B, L, V)
+        if self.critic_trunk is not None:
+            hidden, _ = self.critic_trunk(input_ids, attention_mask, None)
+        values = self.value_head(hidden).squeeze(-1)  # (B, L)
+        return logits, values.to(torch.float32)
+
+    def new_cache(self, batch_size: int, max_len: int):
+        """A decode cache for the actor (generation does not need the critic)."""
+        return self.actor.new_cache(batch_size, max_len)
+
+    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache):
+        """Policy logits of new positions given a cache: input_ids (B, L), attention_mask (B, cached + L)
+        -> logits (B, L, V), cache (updated in place and returned)."""
+        hidden, cache = self.actor(input_ids, attention_mask, cache)
+        return self.actor.logits(hidden), cache
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        return list(self.actor.parameters())
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Value head (+ critic trunk when separate). With a head critic the trunk is shared and
+        is counted in `actor_parameters` only."""
+        params = list(self.value_head.parameters())
+        if self.critic_trunk is not None:
+            params += list(self.critic_trunk.parameters())
+        return params
+
+    def sync_critic_from_actor(self) -> None:
+        """Copy the policy trunk into the separate critic trunk (after pretraining the policy)."""
+        if self.critic_trunk is not None:
+            self.critic_trunk.load_state_dict(self.actor.state_dict())
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, *, hf_config_dir=None) -> ActorCritic:
+    """A fresh ActorCritic (an HF arch loads its pretrained weights from `cfg.hf_path`)."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    cfg = cfg.model_copy(update={"vocab_size": int(vocab_size)})
+    actor = build_backbone(cfg, vocab_size, hf_config_dir=hf_config_dir)
+    critic = copy.deepcopy(actor) if cfg.critic == "separate" else None
+    return ActorCritic(cfg, actor, critic)

@@ -1,0 +1,205 @@
+"""Model interface tests, run over every architecture (gpt, gru, and hf when transformers is installed).
+
+Tolerances: fp32 on CPU; cached vs recomputed attention and padded vs unpadded attention
+differ only in summation order, so 1e-5 absolute on logits (values of order 1-10).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gae.models import ModelConfig, build_model, load_model, save_model, score_responses
+
+V = 300
+ATOL = 1e-5
+
+
+def hf_tiny_dir(tmp_path_factory) -> str:
+    transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    d = tmp_path_factory.mktemp("hf-gpt2")
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=128, n_embd=32, n_layer=2, n_head=2)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(str(d))  # built locally, never downloaded
+    return str(d)
+
+
+@pytest.fixture(scope="module", params=["gpt", "gru", "hf"])
+def model_cfg(request, tmp_path_factory):
+    if request.param == "hf":
+        return ModelConfig(arch="hf", hf_path=hf_tiny_dir(tmp_path_factory))
+    return ModelConfig.preset("tiny", arch=request.param)
+
+
+@pytest.fixture(scope="module")
+def model(model_cfg):
+    torch.manual_seed(0)
+    m = build_model(model_cfg, V).eval()
+    with torch.no_grad():  # a non-zero value head so value checks are not vacuous
+        m.value_head.weight.normal_(0, 0.5)
+    return m
+
+
+def left_pad(rows: list[torch.Tensor], pad_to: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(len(rows), pad_to, dtype=torch.long)
+    mask = torch.zeros(len(rows), pad_to, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, pad_to - len(r) :] = r
+        mask[i, pad_to - len(r) :] = True
+    return ids, mask
+
+
+def test_value_head_starts_at_zero(model_cfg):
+    m = build_model(model_cfg, V)
+    ids = torch.randint(3, V, (2, 7))
+    _, values = m(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert values.shape == (2, 7) and torch.equal(values, torch.zeros(2, 7))
+
+
+def test_forward_shapes(model):
+    ids = torch.randint(3, V, (3, 9))
+    logits, values = model(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert logits.shape == (3, 9, V) and values.shape == (3, 9) and values.dtype == torch.float32
+
+
+@torch.no_grad()
+def test_left_padding_does_not_change_logits(model):
+    torch.manual_seed(1)
+    a, b = torch.randint(3, V, (4,)), torch.randint(3, V, (11,))
+    la, va = model(a[None], torch.ones(1, 4, dtype=torch.bool))
+    ids, mask = left_pad([a, b], 11)
+    ids[0, :7] = 123  # garbage under the padding must not matter
+    lp, vp = model(ids, mask)
+    torch.testing.assert_close(lp[0, 7:], la[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(vp[0, 7:], va[0], atol=ATOL, rtol=0)
+    lb, _ = model(b[None], torch.ones(1, 11, dtype=torch.bool))
+    torch.testing.assert_close(lp[1], lb[0], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_kv_cache_matches_full_recompute(model):
+    """Prefill a left-padded batch, then decode one token at a time; compare every step's logits
+    with a full forward over the whole sequence."""
+    torch.manual_seed(2)
+    ids, mask = left_pad([torch.randint(3, V, (3,)), torch.randint(3, V, (6,))], 6)
+    new = torch.randint(3, V, (2, 5))
+    full_ids = torch.cat([ids, new], 1)
+    full_mask = torch.cat([mask, torch.ones(2, 5, dtype=torch.bool)], 1)
+    full_logits, _ = model(full_ids, full_mask)
+    cache = model.new_cache(2, 11)
+    logits, cache = model.decode_step(ids, mask, cache)
+    steps = [logits]
+    for t in range(5):
+        logits, cache = model.decode_step(new[:, t : t + 1], full_mask[:, : 7 + t], cache)
+        steps.append(logits)
+    cached = torch.cat(steps, 1)
+    torch.testing.assert_close(
+        cached[mask.nonzero(as_tuple=True)], full_logits[mask.nonzero(as_tuple=True)], atol=ATOL, rtol=0
+    )
+    torch.testing.assert_close(cached[:, 6:], full_logits[:, 6:], atol=ATOL, rtol=0)
+
+
+def test_save_load_round_trip_bit_identical(model, tmp_path):
+    save_model(model, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists() and (tmp_path / "m" / "config.json").exists()
+    loaded = load_model(tmp_path / "m")
+    ids = torch.randint(3, V, (2, 8))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        l1, v1 = model(ids, mask)
+        l2, v2 = loaded(ids, mask)
+    assert torch.equal(l1, l2) and torch.equal(v1, v2)
+    assert loaded.cfg == model.cfg and loaded.cfg.vocab_size == V
+
+
+def score_reference(model, prompts: list[torch.Tensor], responses: list[torch.Tensor]):
+    """Slow obvious reference: one unpadded forward per row, log_softmax, index by hand."""
+    out = []
+    for p, r in zip(prompts, responses, strict=True):
+        seq = torch.cat([p, r])[None]
+        logits, values = model(seq, torch.ones_like(seq, dtype=torch.bool))
+        logp = torch.log_softmax(logits[0].double(), -1)
+        n = len(p)
+        lp = [logp[n - 1 + t, r[t]].item() for t in range(len(r))]
+        v = [values[0, n - 1 + t].item() for t in range(len(r))]
+        out.append((lp, v, values[0, -1].item()))
+    return out
+
+
+@torch.no_grad()
+def test_score_responses_matches_reference(model):
+    torch.manual_seed(3)
+    prompts = [torch.randint(3, V, (n,)) for n in (2, 5, 4)]
+    responses = [torch.randint(3, V, (n,)) for n in (4, 1, 3)]
+    pt, pm = left_pad(prompts, 5)
+    rt = torch.full((3, 4), 0, dtype=torch.long)
+    am = torch.zeros(3, 4, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        rt[i, : len(r)] = r
+        am[i, : len(r)] = True
+    out = score_responses(model, pt, pm, rt, am, compute_entropy=True)
+    ref = score_reference(model, prompts, responses)
+    for i, (lp, v, last) in enumerate(ref):
+        n = len(lp)
+        torch.testing.assert_close(
+            out.logprobs[i, :n].double(), torch.tensor(lp, dtype=torch.float64), atol=ATOL, rtol=0
+        )
+        torch.testing.assert_close(out.values[i, :n], torch.tensor(v), atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.last_values[i], torch.tensor(last), atol=ATOL, rtol=0)
+    off = ~am
+    assert (
+        torch.all(out.logprobs[off] == 0)
+        and torch.all(out.values[off] == 0)
+        and torch.all(out.entropy[off] == 0)
+    )
+    assert torch.all(out.entropy[am] > 0)
+    lp, v, ent = out  # unpacks as (logprobs, values, entropy)
+    assert lp is out.logprobs
+
+
+def test_score_responses_is_differentiable_and_checks_shapes(model):
+    pt = torch.randint(3, V, (2, 3))
+    rt = torch.randint(3, V, (2, 4))
+    pm, am = torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 4, dtype=torch.bool)
+    out = score_responses(model, pt, pm, rt, am)
+    (out.logprobs.sum() + out.values.sum()).backward()
+    assert model.value_head.weight.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.actor_parameters())
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="action_mask has shape"):
+        score_responses(model, pt, pm, rt, am[:, :3])
+
+
+def test_separate_critic(model_cfg):
+    m = build_model(model_cfg.model_copy(update={"critic": "separate"}), V)
+    actor_ids = {id(p) for p in m.actor_parameters()}
+    critic_ids = {id(p) for p in m.critic_parameters()}
+    assert not actor_ids & critic_ids
+    assert len(critic_ids) > 2  # value head + a whole trunk
+    for pa, pc in zip(m.actor.parameters(), m.critic_trunk.parameters(), strict=True):
+        assert torch.equal(pa, pc)  # critic starts as a copy of the policy trunk
+    ids = torch.randint(3, V, (1, 5))
+    _, values = m(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert torch.equal(values, torch.zeros(1, 5))
+
+
+def test_head_critic_parameters(model):
+    assert {id(p) for p in model.critic_parameters()} == {id(p) for p in model.value_head.parameters()}
+
+
+def test_gpt_rejects_too_long_sequence():
+    m = build_model(ModelConfig.preset("tiny", block_size=8), V)
+    with pytest.raises(ValueError, match="block_size=8"):
+        m(torch.zeros(1, 9, dtype=torch.long), torch.ones(1, 9, dtype=torch.bool))
+
+
+def test_gru_rejects_right_padding():
+    m = build_model(ModelConfig.preset("tiny", arch="gru"), V)
+    mask = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="left padding only"):
+        m(torch.zeros(1, 3, dtype=torch.long), mask)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ModelConfig.preset("huge")
