@@ -1,0 +1,405 @@
+"""The PPO update over one iteration's rollouts (Schulman et al. 2017), verl's metric names.
+
+One call, `ppo_update`, does what verl's `update_actor` + `update_critic` do for one
+iteration, on one ActorCritic:
+
+    train_logprobs = score(model, batch)                    # no grad, before any step
+    A = whiten(advantages)                                   # optional, over action tokens
+    for epoch in epochs:                                     # fixed-seed permutation per epoch
+        for mb in minibatches:
+            logp, V, H = score(model, mb)                    # gae.models.score_responses
+            loss = pg(logp, old_logp, A) + vf_coef * vf(V, old_V, R)
+                   - entropy_coef * H + kl_coef * k3(logp, ref_logp)   # (last: KL placement "loss")
+            AdamW step after clipping the gradient norm
+
+`old_logp` is the rollout's log-prob, produced by the same `score_responses`, so the
+ratio is exactly 1 on the first minibatch: any drift between the rollout engine and the
+trainer is a bug, and `train_logprobs` (written back to the store) makes it visible in SQL.
+Dropout is switched off during the update for the same reason (as verl and OpenRLHF do).
+
+Warm-up iterations (verl's `critic_warmup`) train the value function only: the policy's
+parameters receive no step, so a fresh critic can catch up before it steers the policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from gae.losses import AggMode, entropy_loss, explained_variance, kl_loss, policy_loss, value_loss
+from gae.masked import masked_mean, masked_whiten
+
+
+class PPOConfig(BaseModel):
+    """Settings of the PPO update. Defaults suit the small CPU models of the default pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(2, ge=1, description="Passes over the iteration's rollouts (PPO epochs).")
+    minibatches: int = Field(
+        4,
+        ge=1,
+        description="Minibatches per epoch; the B rows are split into this many (one optimizer step each).",
+    )
+    actor_lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the policy parameters.")
+    critic_lr: float = Field(
+        5e-4,
+        gt=0,
+        description="AdamW learning rate of the critic-only parameters (value head, separate trunk).",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this; None logs the norm without clipping."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="Learning-rate decay over iterations (needs total_iterations for linear/cosine).",
+    )
+    lr_warmup_iterations: int = Field(
+        0, ge=0, description="Iterations of linear learning-rate warm-up from 0."
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Floor of the decayed learning rate, as a fraction."
+    )
+    clip_low: float = Field(0.2, ge=0, description="Ratio clip below 1: r >= 1 - clip_low.")
+    clip_high: float = Field(
+        0.2, ge=0, description="Ratio clip above 1: r <= 1 + clip_high (DAPO clip-higher if larger)."
+    )
+    dual_clip: float | None = Field(
+        None,
+        gt=1,
+        description="Dual-clip constant c for negative advantages (Ye et al. 2020); None disables.",
+    )
+    value_clip: float | None = Field(
+        0.2, ge=0, description="Value clip range around the rollout's V; None disables."
+    )
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss in the joint loss.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight (0: logged, not optimised).")
+    loss_agg: AggMode = Field(
+        "token-mean", description="Loss aggregation: token-mean, seq-mean-token-mean or seq-mean-token-sum."
+    )
+    whiten_advantages: bool = Field(
+        True, description="Whiten advantages over the batch's action tokens first."
+    )
+    target_kl: float | None = Field(
+        None,
+        gt=0,
+        description="Stop the iteration's update once a minibatch's k3 KL to the rollout policy exceeds this.",
+    )
+    critic_warmup_iterations: int = Field(
+        0, ge=0, description="First iterations that train only the critic (the policy gets no step)."
+    )
+    score_before_update: bool = Field(
+        True,
+        description="Score the whole batch (no grad) before the first step, so train_logprobs are exactly the "
+        "trainer's view of the rollout policy; False takes them from the first epoch's minibatches (cheaper, "
+        "but later minibatches are scored after some steps).",
+    )
+    seed: int = Field(0, description="Seed of the minibatch permutations (with the iteration number).")
+
+
+ScoreFn = Callable[..., object]
+
+
+def _default_score_fn() -> ScoreFn:
+    from gae.models import score_responses
+
+    return score_responses
+
+
+def _param_groups(model: torch.nn.Module) -> tuple[list, list]:
+    """(actor params, critic-only params). A model without the ActorCritic methods is all actor."""
+    if hasattr(model, "actor_parameters") and hasattr(model, "critic_parameters"):
+        actor = [p for p in model.actor_parameters() if p.requires_grad]
+        seen = {id(p) for p in actor}
+        critic = [p for p in model.critic_parameters() if p.requires_grad and id(p) not in seen]
+        seen |= {id(p) for p in critic}
+        # Anything else the model holds trains with the policy.
+        actor += [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+        return actor, critic
+    return [p for p in model.parameters() if p.requires_grad], []
+
+
+def build_optimizer(model: torch.nn.Module, cfg: PPOConfig) -> torch.optim.AdamW:
+    """AdamW with two parameter groups, `actor` and `critic` (critic-only parameters)."""
+    actor, critic = _param_groups(model)
+    groups = [{"params": actor, "lr": cfg.actor_lr, "base_lr": cfg.actor_lr, "name": "actor"}]
+    if critic:
+        groups.append({"params": critic, "lr": cfg.critic_lr, "base_lr": cfg.critic_lr, "name": "critic"})
+    return torch.optim.AdamW(
+        groups, lr=cfg.actor_lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+
+
+def lr_factor(iteration: int, cfg: PPOConfig, total_iterations: int | None = None) -> float:
+    """Multiplier of the base learning rates at `iteration` (0-based). A pure function of the
+    iteration, so a resumed run needs no scheduler state."""
+    if cfg.lr_warmup_iterations and iteration < cfg.lr_warmup_iterations:
+        return (iteration + 1) / (cfg.lr_warmup_iterations + 1)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    if total_iterations is None:
+        raise ValueError(f"PPOConfig.lr_schedule={cfg.lr_schedule!r} needs total_iterations")
+    span = max(1, total_iterations - cfg.lr_warmup_iterations)
+    progress = min(1.0, max(0.0, (iteration - cfg.lr_warmup_iterations) / span))
+    if cfg.lr_schedule == "linear":
+        decay = 1.0 - progress
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+
+def _check_inputs(batch, advantages: torch.Tensor, returns: torch.Tensor) -> None:
+    shape = tuple(batch.action_mask.shape)
+    for name, t in (("advantages", advantages), ("returns", returns)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"ppo_update: {name} must be a tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(
+                f"ppo_update: {name} has shape {tuple(t.shape)}, the batch's action_mask {shape}"
+            )
+        if not torch.isfinite(t[batch.action_mask.bool()]).all():
+            raise ValueError(f"ppo_update: {name} holds NaN or inf on action tokens")
+
+
+def _score(score_fn, model, batch, idx, *, compute_entropy: bool):
+    out = score_fn(
+        model,
+        batch.prompt_tokens[idx],
+        batch.prompt_mask[idx],
+        batch.response_tokens[idx],
+        batch.action_mask[idx],
+        compute_entropy=compute_entropy,
+    )
+    return out.logprobs, out.values, out.entropy
+
+
+def ppo_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: PPOConfig,
+    *,
+    kl_coef: float = 0.0,
+    kl_placement: str = "reward",
+    iteration: int = 0,
+    total_iterations: int | None = None,
+    score_fn: ScoreFn | None = None,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One iteration's PPO update of `model` in place.
+
+    Args:
+        batch: gae.batch.RolloutBatch (its logprobs are the behaviour policy's, values the
+            critic's at rollout time, ref_logprobs the reference policy's).
+        advantages, returns: (B, T), 0 off `batch.action_mask` (gae.advantages output).
+        kl_coef, kl_placement: with placement "loss" the k3 KL to the reference is added to
+            the loss with this weight; otherwise the KL is already in the rewards.
+        iteration, total_iterations: for the learning-rate schedule, the minibatch seed and
+            the critic warm-up.
+        score_fn: defaults to gae.models.score_responses (the rollout's own scorer).
+
+    Returns:
+        (metrics, train_logprobs): metrics with verl's names (floats); train_logprobs (B, T)
+        float32 on CPU, the trainer's log-probs of the rollout tokens before any step,
+        0 off the mask.
+    """
+    t_start = time.perf_counter()
+    score_fn = score_fn or _default_score_fn()
+    _check_inputs(batch, advantages, returns)
+    device = next(model.parameters()).device
+    if batch.action_mask.device != device:
+        batch = batch.to(device)
+    mask = batch.action_mask.bool()
+    B = batch.batch_size
+    advantages = advantages.to(device=device, dtype=torch.float32)
+    returns = returns.to(device=device, dtype=torch.float32)
+    old_values = batch.values.float()
+    old_logprobs = batch.logprobs.float()
+    if cfg.whiten_advantages and int(mask.sum()) >= 2:
+        advantages = masked_whiten(advantages, mask)
+    warmup = iteration < cfg.critic_warmup_iterations
+    kl_in_loss = kl_placement == "loss" and kl_coef > 0
+
+    factor = lr_factor(iteration, cfg, total_iterations)
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("base_lr", group["lr"]) * factor
+    actor_ids = {
+        id(p) for g in optimizer.param_groups if g.get("name", "actor") == "actor" for p in g["params"]
+    }
+    all_params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    was_training = model.training
+    model.eval()  # dropout off: ratio 1 at the first minibatch needs the rollout's exact forward
+    metrics: dict[str, float] = {}
+    train_logprobs = torch.zeros(B, mask.shape[1], dtype=torch.float32, device=device)
+    n_mb = min(cfg.minibatches, B)
+    t0 = time.perf_counter()
+    if cfg.score_before_update:
+        with torch.no_grad():
+            for idx in torch.arange(B, device=device).tensor_split(n_mb):
+                lp, _, _ = _score(score_fn, model, batch, idx, compute_entropy=False)
+                train_logprobs[idx] = lp.float()
+    metrics["timing_s/old_log_prob"] = time.perf_counter() - t0
+
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    steps = skipped = 0
+    stopped = False
+    first_ratio_max_dev = float("nan")
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+    t_update = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(B, generator=gen).to(device)
+        for k, idx in enumerate(perm.tensor_split(n_mb)):
+            m = mask[idx]
+            logp, values, entropy = _score(score_fn, model, batch, idx, compute_entropy=True)
+            if epoch == 0 and not cfg.score_before_update:
+                train_logprobs[idx] = logp.detach().float()
+            pg, pg_m = policy_loss(
+                logp,
+                old_logprobs[idx],
+                advantages[idx],
+                m,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                dual_clip=cfg.dual_clip,
+                agg=cfg.loss_agg,
+            )
+            if epoch == 0 and k == 0:
+                with torch.no_grad():
+                    dev = (logp.detach() - old_logprobs[idx]).abs()
+                    first_ratio_max_dev = float(torch.where(m, dev, torch.zeros_like(dev)).max())
+            vf, vf_m = value_loss(
+                values, old_values[idx], returns[idx], m, clip=cfg.value_clip, agg=cfg.loss_agg
+            )
+            ent, ent_m = entropy_loss(entropy, m, agg=cfg.loss_agg)
+            mb_metrics = {**pg_m, **vf_m, **ent_m}
+            if cfg.target_kl is not None and not warmup and pg_m["actor/approx_kl"] > cfg.target_kl:
+                # Checked before stepping (stricter than cleanrl's end-of-epoch check): no step
+                # is taken on a minibatch that has already left the trust region.
+                stopped = True
+                break
+            if warmup:
+                loss = cfg.vf_coef * vf
+            else:
+                loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
+                if kl_in_loss:
+                    kl, kl_m = kl_loss(logp, batch.ref_logprobs[idx].float(), m, agg=cfg.loss_agg)
+                    loss = loss + kl_coef * kl
+                    mb_metrics.update(kl_m)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if warmup:  # the policy's parameters take no step (AdamW skips grad None)
+                for p in all_params:
+                    if id(p) in actor_ids:
+                        p.grad = None
+            params = [p for p in all_params if p.grad is not None]
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+            if math.isfinite(grad_norm):
+                optimizer.step()
+                steps += 1
+            else:  # a non-finite gradient would poison AdamW's moments for good (verl skips too)
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            mb_metrics["actor/grad_norm"] = grad_norm
+            mb_metrics["actor/total_loss"] = float(loss.detach())
+            for key, val in mb_metrics.items():
+                sums[key] += val
+                counts[key] += 1
+        if stopped:
+            break
+    t_done = time.perf_counter()
+    model.train(was_training)
+
+    metrics.update({key: sums[key] / counts[key] for key in sums})
+    lrs = {g.get("name", "actor"): g["lr"] for g in optimizer.param_groups}
+    metrics["actor/lr"] = lrs.get("actor", 0.0)
+    metrics["critic/lr"] = lrs.get("critic", lrs.get("actor", 0.0))
+    metrics["actor/kl_coef"] = float(kl_coef)
+    metrics["actor/update_steps"] = float(steps)
+    metrics["actor/skipped_steps"] = float(skipped)
+    metrics["actor/early_stopped"] = float(stopped)
+    metrics["actor/critic_warmup"] = float(warmup)
+    metrics["actor/first_minibatch_max_abs_log_ratio"] = first_ratio_max_dev
+    with torch.no_grad():
+        diff = (train_logprobs.exp() - old_logprobs.exp()).abs()
+        diff = torch.where(mask, diff, torch.zeros_like(diff))
+        metrics["training/rollout_probs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
+        metrics["training/rollout_probs_diff_mean"] = float(masked_mean(diff, mask))
+    # One joint backward updates actor and critic together; the time is reported under the
+    # part that trained (warm-up iterations train only the critic).
+    metrics["timing_s/update_critic" if warmup else "timing_s/update_actor"] = t_done - t_update
+    metrics["timing_s/update"] = time.perf_counter() - t_start
+    train_logprobs = torch.where(mask, train_logprobs, torch.zeros_like(train_logprobs))
+    return metrics, train_logprobs.detach().float().cpu()
+
+
+def data_metrics(
+    batch,
+    *,
+    scores: torch.Tensor,
+    token_rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    kl: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Per-iteration statistics of the data (verl's `compute_data_metrics` names).
+
+    scores: (B,) sequence scores; token_rewards, advantages, returns, kl: (B, T).
+    """
+    mask = batch.action_mask.bool().cpu()
+    scores = scores.detach().float().cpu()
+    f = {
+        "token_rewards": token_rewards,
+        "advantages": advantages,
+        "returns": returns,
+        "values": batch.values,
+    }
+    f = {k: v.detach().float().cpu() for k, v in f.items()}
+    out: dict[str, float] = {
+        "critic/score/mean": float(scores.mean()) if scores.numel() else float("nan"),
+        "critic/score/max": float(scores.max()) if scores.numel() else float("nan"),
+        "critic/score/min": float(scores.min()) if scores.numel() else float("nan"),
+    }
+    seq_rewards = torch.where(mask, f["token_rewards"], torch.zeros(())).sum(-1)
+    out["critic/rewards/mean"] = float(seq_rewards.mean())
+    for name in ("advantages", "returns", "values"):
+        x = f[name][mask]
+        out[f"critic/{name}/mean"] = float(x.mean()) if x.numel() else float("nan")
+        out[f"critic/{name}/max"] = float(x.max()) if x.numel() else float("nan")
+        out[f"critic/{name}/min"] = float(x.min()) if x.numel() else float("nan")
+    out["critic/vf_explained_var"] = explained_variance(f["values"], f["returns"], mask)
+    lengths = mask.sum(-1).float()
+    out["response_length/mean"] = float(lengths.mean())
+    out["response_length/max"] = float(lengths.max())
+    out["response_length/min"] = float(lengths.min())
+    out["response_length/clip_ratio"] = sum(r == "length" for r in batch.finish_reasons) / max(
+        1, batch.batch_size
+    )
+    out["prompt_length/mean"] = float(batch.prompt_mask.sum(-1).float().mean())
+    if kl is not None:
+        out["actor/reward_kl_penalty"] = float(masked_mean(kl.detach().float().cpu(), mask))
+    return out
+
+
+def timing_metrics(timings: dict[str, float], *, n_tokens: int) -> dict[str, float]:
+    """`timing_s/<phase>` for each measured phase and `perf/throughput` (prompt + response
+    tokens per second of the whole step). `timings["step"]` is the iteration's wall time."""
+    out = {f"timing_s/{k}": float(v) for k, v in timings.items()}
+    step = timings.get("step")
+    if step:
+        out["perf/throughput"] = n_tokens / step
+        other = step - sum(v for k, v in timings.items() if k != "step")
+        out["timing_s/other"] = max(0.0, other)
+    return out

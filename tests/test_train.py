@@ -1,0 +1,300 @@
+"""The PPO trainer: ratio 1 before the first step, warm-up, early stop, schedules, resume
+exactness, and learning on a small task."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from gae.advantages import compute_gae
+from gae.batch import RolloutBatch
+from gae.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from gae.models import ModelConfig, build_model, score_responses
+from gae.train import PPOConfig, build_optimizer, data_metrics, lr_factor, ppo_update
+
+V = 16
+TARGET = 7  # the token the learnable task rewards
+
+
+def tiny_model(seed: int = 0, critic: str = "head"):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, critic=critic)
+    return build_model(cfg, V)
+
+
+def synthetic_batch(model, *, B=8, P=3, T=6, seed=0) -> RolloutBatch:
+    """Random prompts and responses, scored by the model exactly as rollouts score them."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_tokens = torch.randint(1, V, (B, P), generator=g)
+    prompt_mask = torch.ones(B, P, dtype=torch.bool)
+    prompt_mask[0, 0] = False  # one left-padded prompt
+    prompt_tokens[0, 0] = 0
+    response_tokens = torch.randint(1, V, (B, T), generator=g)
+    response_tokens[::2, 0] = TARGET  # so the scores vary
+    lengths = torch.randint(2, T + 1, (B,), generator=g)
+    action_mask = torch.arange(T)[None, :] < lengths[:, None]
+    response_tokens = torch.where(action_mask, response_tokens, torch.zeros_like(response_tokens))
+    with torch.no_grad():
+        out = score_responses(model, prompt_tokens, prompt_mask, response_tokens, action_mask)
+    return RolloutBatch(
+        rollout_ids=[f"p{i}/0" for i in range(B)],
+        prompt_ids=[f"p{i}" for i in range(B)],
+        group_ids=torch.arange(B),
+        prompt_tokens=prompt_tokens,
+        prompt_mask=prompt_mask,
+        response_tokens=response_tokens,
+        action_mask=action_mask,
+        logprobs=out.logprobs,
+        ref_logprobs=out.logprobs.clone(),
+        values=out.values,
+        last_values=out.last_values,
+        prompts=[""] * B,
+        responses=[""] * B,
+        references=[None] * B,
+        finish_reasons=["eos"] * B,
+    )
+
+
+def target_rewards(batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score = fraction of response tokens equal to TARGET, placed on the last action token."""
+    m = batch.action_mask
+    score = ((batch.response_tokens == TARGET) & m).sum(1).float() / m.sum(1).clamp(min=1)
+    rewards = torch.zeros(m.shape)
+    last = m.sum(1) - 1
+    rewards[torch.arange(m.shape[0]), last] = score
+    return score, rewards
+
+
+def advantages_of(batch):
+    score, rewards = target_rewards(batch)
+    adv, ret = compute_gae(rewards, batch.values, batch.action_mask, gamma=1.0, lam=0.95)
+    return score, rewards, adv, ret
+
+
+def test_ratio_is_exactly_one_on_the_first_minibatch():
+    model = tiny_model()
+    batch = synthetic_batch(model)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig(epochs=2, minibatches=2, actor_lr=1e-2)
+    opt = build_optimizer(model, cfg)
+    metrics, train_lp = ppo_update(model, opt, batch, adv, ret, cfg)
+    # The trainer and the rollout use the same scorer: bit-identical log-probs before any step.
+    assert metrics["actor/first_minibatch_max_abs_log_ratio"] == 0.0
+    assert torch.equal(train_lp, batch.logprobs)
+    assert metrics["training/rollout_probs_diff_max"] == 0.0
+    # ... and the update did something (later minibatches see a moved policy).
+    assert metrics["actor/update_steps"] == 4
+    after = score_responses(
+        model, batch.prompt_tokens, batch.prompt_mask, batch.response_tokens, batch.action_mask
+    )
+    assert not torch.equal(after.logprobs, batch.logprobs)
+    for key in (
+        "actor/pg_loss",
+        "actor/pg_clipfrac",
+        "actor/ppo_kl",
+        "actor/entropy",
+        "actor/grad_norm",
+        "critic/vf_loss",
+        "critic/vf_clipfrac",
+        "actor/kl_coef",
+        "timing_s/update_actor",
+    ):
+        assert key in metrics, key
+
+
+def test_train_logprobs_without_prepass_match_on_first_minibatch_rows():
+    model = tiny_model()
+    batch = synthetic_batch(model)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig(epochs=1, minibatches=1, score_before_update=False)
+    _, train_lp = ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg)
+    assert torch.equal(train_lp, batch.logprobs)  # one minibatch: scored before the only step
+
+
+def test_critic_warmup_leaves_the_policy_untouched():
+    model = tiny_model()
+    batch = synthetic_batch(model)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig(epochs=1, minibatches=2, critic_warmup_iterations=1, critic_lr=1e-2)
+    opt = build_optimizer(model, cfg)
+    actor_before = [p.detach().clone() for p in model.actor_parameters()]
+    head_before = model.value_head.weight.detach().clone()
+    metrics, _ = ppo_update(model, opt, batch, adv, ret, cfg, iteration=0)
+    assert metrics["actor/critic_warmup"] == 1.0 and "timing_s/update_critic" in metrics
+    assert all(torch.equal(a, p) for a, p in zip(actor_before, model.actor_parameters(), strict=True))
+    assert not torch.equal(head_before, model.value_head.weight)
+    # After the warm-up the policy moves.
+    ppo_update(model, opt, batch, adv, ret, cfg, iteration=1)
+    assert not all(torch.equal(a, p) for a, p in zip(actor_before, model.actor_parameters(), strict=True))
+
+
+def test_early_stop_on_target_kl():
+    model = tiny_model()
+    batch = synthetic_batch(model, B=16)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig(epochs=4, minibatches=4, actor_lr=5e-2, target_kl=1e-4)
+    metrics, _ = ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg)
+    assert metrics["actor/early_stopped"] == 1.0
+    assert 1 <= metrics["actor/update_steps"] < 16
+
+
+def test_kl_loss_placement_adds_the_kl_term():
+    model = tiny_model()
+    batch = synthetic_batch(model)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig(epochs=2, minibatches=2)
+    m, _ = ppo_update(
+        model, build_optimizer(model, cfg), batch, adv, ret, cfg, kl_coef=0.1, kl_placement="loss"
+    )
+    assert "actor/kl_loss" in m and m["actor/kl_coef"] == 0.1
+    m, _ = ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg, kl_coef=0.1)
+    assert "actor/kl_loss" not in m
+
+
+def test_lr_schedule():
+    cfg = PPOConfig(lr_schedule="linear", lr_warmup_iterations=1)
+    # warm-up: (0 + 1) / (1 + 1) = 0.5; then linear from 1 at it=1 to 0 at it=total=5
+    assert lr_factor(0, cfg, 5) == pytest.approx(0.5)
+    assert lr_factor(1, cfg, 5) == pytest.approx(1.0)
+    assert lr_factor(3, cfg, 5) == pytest.approx(0.5)  # progress (3 - 1) / (5 - 1) = 0.5
+    cos = PPOConfig(lr_schedule="cosine", min_lr_ratio=0.1)
+    # 0.1 + 0.9 * 0.5 * (1 + cos(pi / 2)) = 0.55
+    assert lr_factor(2, cos, 4) == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="total_iterations"):
+        lr_factor(0, cos)
+    with pytest.raises(ValueError):
+        PPOConfig(epochs=0)
+    with pytest.raises(ValueError):
+        PPOConfig(epochz=1)
+
+
+def test_bad_inputs_raise():
+    model = tiny_model()
+    batch = synthetic_batch(model)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig()
+    with pytest.raises(ValueError, match="advantages"):
+        ppo_update(model, build_optimizer(model, cfg), batch, adv[:, :-1], ret, cfg)
+    bad = ret.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="returns"):
+        ppo_update(model, build_optimizer(model, cfg), batch, adv, bad, cfg)
+
+
+def test_data_metrics_names_and_values():
+    model = tiny_model()
+    batch = synthetic_batch(model)
+    score, rewards, adv, ret = advantages_of(batch)
+    m = data_metrics(
+        batch, scores=score, token_rewards=rewards, advantages=adv, returns=ret, kl=torch.zeros_like(adv)
+    )
+    assert m["critic/score/mean"] == pytest.approx(float(score.mean()))
+    # one reward per row, on the last token: sequence reward = score
+    assert m["critic/rewards/mean"] == pytest.approx(float(score.mean()))
+    assert m["response_length/mean"] == pytest.approx(float(batch.action_mask.sum(1).float().mean()))
+    assert m["response_length/clip_ratio"] == 0.0
+    for k in m:  # MLflow-safe names
+        assert all(c.isalnum() or c in "_-./ " for c in k), k
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _iteration(model, opt, cfg, it):
+    """One deterministic iteration: sample responses with the global torch RNG (so the RNG
+    state must survive a resume), score, advantages, update."""
+    B, P, T = 8, 2, 5
+    prompt_tokens = torch.randint(1, V, (B, P))
+    response_tokens = torch.randint(1, V, (B, T))
+    response_tokens[::2, 0] = TARGET
+    batch_seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    pm = torch.ones(B, P, dtype=torch.bool)
+    am = torch.ones(B, T, dtype=torch.bool)
+    with torch.no_grad():
+        out = score_responses(model, prompt_tokens, pm, response_tokens, am)
+    batch = RolloutBatch(
+        rollout_ids=[str(i) for i in range(B)],
+        prompt_ids=[str(i) for i in range(B)],
+        group_ids=torch.arange(B),
+        prompt_tokens=prompt_tokens,
+        prompt_mask=pm,
+        response_tokens=response_tokens,
+        action_mask=am,
+        logprobs=out.logprobs,
+        ref_logprobs=out.logprobs,
+        values=out.values,
+        last_values=out.last_values,
+        prompts=[""] * B,
+        responses=[""] * B,
+        references=[None] * B,
+        finish_reasons=["eos"] * B,
+        meta={"seed": batch_seed},
+    )
+    _, _, adv, ret = advantages_of(batch)
+    ppo_update(model, opt, batch, adv, ret, cfg, iteration=it, total_iterations=3)
+
+
+def test_resume_is_bit_exact(tmp_path):
+    from gae.shaping import AdaptiveKLController
+
+    cfg = PPOConfig(epochs=2, minibatches=2, actor_lr=3e-3, lr_schedule="cosine", critic_warmup_iterations=1)
+
+    torch.manual_seed(123)
+    straight = tiny_model(seed=1)
+    opt = build_optimizer(straight, cfg)
+    for it in range(3):
+        _iteration(straight, opt, cfg, it)
+
+    torch.manual_seed(123)
+    first = tiny_model(seed=1)
+    opt = build_optimizer(first, cfg)
+    kl = AdaptiveKLController(0.05, target=0.1, horizon=100)
+    kl.update(0.3, 8)
+    _iteration(first, opt, cfg, 0)
+    run_dir = tmp_path / "run"
+    save_checkpoint(
+        checkpoint_dir(run_dir, 0),
+        model=first,
+        optimizer=opt,
+        iteration=0,
+        kl_controller=kl,
+        config=cfg.model_dump(),
+    )
+    torch.manual_seed(999)  # disturb every RNG: resume must restore them
+    torch.randn(100)
+
+    resumed = tiny_model(seed=7)  # different init: the checkpoint must overwrite all of it
+    opt2 = build_optimizer(resumed, cfg)
+    kl2 = AdaptiveKLController(0.05, target=0.1, horizon=100)
+    ck = latest_checkpoint(run_dir)
+    assert ck == checkpoint_dir(run_dir, 0)
+    state = load_checkpoint(ck, model=resumed, optimizer=opt2, kl_controller=kl2)
+    assert state["iteration"] == 0 and kl2.value == kl.value
+    for it in range(state["iteration"] + 1, 3):
+        _iteration(resumed, opt2, cfg, it)
+
+    sd_a, sd_b = straight.state_dict(), resumed.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        assert torch.equal(sd_a[k], sd_b[k]), k
+
+
+def test_checkpoint_is_atomic_and_latest_moves(tmp_path):
+    model = tiny_model()
+    run_dir = tmp_path / "r"
+    assert latest_checkpoint(run_dir) is None
+    for it in range(2):
+        save_checkpoint(checkpoint_dir(run_dir, it), model=model, iteration=it)
+    assert latest_checkpoint(run_dir).name == "iter-00001"
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+    from gae.models import load_model
+
+    loaded = load_model(checkpoint_dir(run_dir, 1) / "policy")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    with pytest.raises(FileNotFoundError, match="state.json"):
+        load_checkpoint(tmp_path / "nowhere", model=copy.deepcopy(model))
