@@ -1,0 +1,349 @@
+"""Batched, KV-cached, seeded generation of rollouts with everything PPO needs per token.
+
+Shapes: B rows (prompts x samples), P prompt columns (left-padded), T response columns
+(right-padded). Each prompt becomes `[BOS] + encode(prompt)`, left-truncated to leave room
+for `max_new_tokens` in the model's context.
+
+Which log-prob is stored: `RolloutBatch.logprobs` is the behaviour policy's log-prob of
+each sampled token under the UNMODIFIED distribution (temperature 1, no top-k/top-p), i.e.
+log softmax(logits)[token]. PPO's ratio pi_theta(a|s) / pi_old(a|s) compares the same model
+family before and after an update; temperature and truncation are sampling devices, not part
+of the policy being optimised, and the trainer scores with `score_responses` at temperature 1
+(the same choice as verl and OpenRLHF, which recompute "old" log-probs with the actor). By
+default (`recompute_logprobs=True`) the stored value comes from `score_responses` on the
+finished sequences -- the very function the trainer calls, so ratios start at exactly 1 when
+scored on the same rows; with `recompute_logprobs=False` it is the value read from the
+KV-cached logits while sampling (equal up to float summation order; tested).
+
+Randomness: every row has its own generator seeded from (seed, prompt_id, sample index).
+A row's samples therefore do not depend on which other prompts share its batch, how much
+padding they force, or `batch_size`; vary `seed` between iterations to get fresh samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from gae.batch import RolloutBatch
+from gae.device import autocast
+from gae.models.scoring import score_responses
+
+
+class RolloutConfig(BaseModel):
+    """How rollouts are sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int = Field(4, ge=1, description="Samples per prompt (one group id per prompt).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 = greedy.")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens; 0 = off.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
+    max_new_tokens: int = Field(64, ge=1, description="Response length limit (finish_reason 'length').")
+    seed: int = Field(0, description="Base seed; row seeds derive from (seed, prompt_id, sample index).")
+    batch_size: int = Field(64, ge=1, description="Rows generated together (memory vs speed).")
+    recompute_logprobs: bool = Field(
+        True,
+        description="Store score_responses log-probs (ratio exactly 1) instead of the sampling-time ones.",
+    )
+    bf16: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU).")
+
+
+def row_seed(seed: int, key: str, sample: int) -> int:
+    """A 63-bit seed from (seed, key, sample); stable across processes (unlike `hash`)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{key}\x1f{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def filter_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """(B, V) logits -> (B, V) float64 sampling probabilities (normalised) after temperature, top-k, then top-p.
+
+    Top-p keeps the smallest prefix of tokens (by descending probability) whose mass reaches
+    `top_p` (Holtzman et al. 2020), always at least the most likely token.
+    """
+    logits = logits.double() / temperature
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    if top_p < 1.0:
+        sorted_p, idx = torch.sort(probs, -1, descending=True)
+        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # mass before this token already enough
+        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def sample_tokens(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: (B, V) probs and (B,) uniforms in [0, 1) -> (B,) token ids.
+
+    Deterministic given `u`, so per-row generators fully decide each row's draw.
+    """
+    cdf = probs.cumsum(-1)  # (B, V)
+    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
+    tok = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first index with cdf > target
+    return tok.clamp(max=probs.shape[-1] - 1)
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, P - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, P - len(r) :] = True
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_batch(
+    model,
+    prompt_rows: list[list[int]],
+    seeds: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_id: int,
+    pad_id: int,
+    device: torch.device,
+    bf16: bool = False,
+) -> dict:
+    """Generate for one chunk of rows with a KV cache. Returns prompt_tokens/prompt_mask (B, P),
+    response_tokens/action_mask/logprobs (B, T) with T = the longest response, finish_reasons."""
+    B = len(prompt_rows)
+    ids, mask = left_pad(prompt_rows, pad_id, device)
+    P = ids.shape[1]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    cache = model.new_cache(B, P + max_new_tokens)
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    alive_mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
+    logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    hit_eos = torch.zeros(B, dtype=torch.bool, device=device)
+    attn = mask
+    with autocast(device, bf16=bf16):
+        logits, cache = model.decode_step(ids, attn, cache)
+    next_logits = logits[:, -1].float()  # (B, V)
+    T = 0
+    for t in range(max_new_tokens):
+        if temperature == 0:
+            tok = next_logits.argmax(-1)
+        else:
+            u = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in gens])
+            tok = sample_tokens(filter_probs(next_logits, temperature, top_k, top_p), u.to(device))
+        alive = ~finished
+        tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
+        logp = torch.log_softmax(next_logits, -1).gather(-1, tok[:, None]).squeeze(-1)  # temperature 1
+        tokens[:, t] = tok
+        alive_mask[:, t] = alive
+        logprobs[:, t] = torch.where(alive, logp, torch.zeros_like(logp))
+        T = t + 1
+        is_eos = alive & (tok == eos_id)
+        hit_eos |= is_eos
+        finished |= is_eos
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
+        with autocast(device, bf16=bf16):
+            logits, cache = model.decode_step(tok[:, None], attn, cache)
+        next_logits = logits[:, -1].float()
+    return {
+        "prompt_tokens": ids,
+        "prompt_mask": mask,
+        "response_tokens": tokens[:, :T],
+        "action_mask": alive_mask[:, :T],
+        "logprobs": logprobs[:, :T],
+        "finish_reasons": ["eos" if e else "length" for e in hit_eos.tolist()],
+    }
+
+
+def encode_prompts(tok, texts: list[str], *, max_prompt_tokens: int | None) -> tuple[list[list[int]], int]:
+    """`[BOS] + encode(text)`, left-truncated to `max_prompt_tokens` (keeps the end, nearest the
+    response). Returns the rows and how many were truncated."""
+    rows, truncated = [], 0
+    for ids in tok.encode_batch(texts):
+        row = [tok.bos_id, *ids]
+        if max_prompt_tokens is not None and len(row) > max_prompt_tokens:
+            row = row[-max_prompt_tokens:]
+            truncated += 1
+        rows.append(row)
+    return rows, truncated
+
+
+def _max_prompt_tokens(model, max_new_tokens: int) -> int | None:
+    block = model.block_size
+    if block is None:
+        return None
+    if max_new_tokens >= block:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in block_size={block}")
+    return block - max_new_tokens
+
+
+def _pad_to(t: torch.Tensor, width: int, value, *, left: bool) -> torch.Tensor:
+    extra = width - t.shape[1]
+    if extra == 0:
+        return t
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
+    return torch.cat([fill, t] if left else [t, fill], 1)
+
+
+def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig, *, device) -> RolloutBatch:
+    """Sample `cfg.n_samples` responses per prompt and score them with the policy and the reference.
+
+    Args:
+        policy: ActorCritic sampled from; also gives values V(s_t), last_values and (by default)
+            the stored log-probs via `score_responses`.
+        ref: frozen reference ActorCritic; gives `ref_logprobs` via `score_responses`.
+        tok: a `gae.tokenizer.Tok` (BOS starts every prompt; EOS ends a response).
+        prompts: dicts with "prompt_id", "prompt" and optionally "reference".
+    Returns a RolloutBatch with B = len(prompts) * n_samples rows, ordered prompt-major
+    (rows of one prompt are adjacent; group_ids = the prompt's index in `prompts`).
+    """
+    if not prompts:
+        raise ValueError("generate_rollouts: no prompts given")
+    for i, p in enumerate(prompts):
+        if "prompt_id" not in p or "prompt" not in p:
+            raise ValueError(
+                f"generate_rollouts: prompts[{i}] lacks 'prompt_id' or 'prompt' (keys: {sorted(p)})"
+            )
+    device = torch.device(device)
+    started = time.perf_counter()
+    was_training = (policy.training, ref.training)
+    policy.eval()
+    ref.eval()
+    rows, truncated = encode_prompts(
+        tok, [p["prompt"] for p in prompts], max_prompt_tokens=_max_prompt_tokens(policy, cfg.max_new_tokens)
+    )
+    row_prompt = [i for i in range(len(prompts)) for _ in range(cfg.n_samples)]
+    row_sample = [j for _ in range(len(prompts)) for j in range(cfg.n_samples)]
+    seeds = [
+        row_seed(cfg.seed, str(prompts[i]["prompt_id"]), j)
+        for i, j in zip(row_prompt, row_sample, strict=True)
+    ]
+    chunks = []
+    for s in range(0, len(row_prompt), cfg.batch_size):
+        idx = range(s, min(s + cfg.batch_size, len(row_prompt)))
+        chunks.append(
+            sample_batch(
+                policy,
+                [rows[row_prompt[r]] for r in idx],
+                [seeds[r] for r in idx],
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                eos_id=tok.eos_id,
+                pad_id=tok.pad_id,
+                device=device,
+                bf16=cfg.bf16,
+            )
+        )
+    P = max(c["prompt_tokens"].shape[1] for c in chunks)
+    T = max(c["response_tokens"].shape[1] for c in chunks)
+    cat = {
+        "prompt_tokens": torch.cat([_pad_to(c["prompt_tokens"], P, tok.pad_id, left=True) for c in chunks]),
+        "prompt_mask": torch.cat([_pad_to(c["prompt_mask"], P, False, left=True) for c in chunks]),
+        "response_tokens": torch.cat(
+            [_pad_to(c["response_tokens"], T, tok.pad_id, left=False) for c in chunks]
+        ),
+        "action_mask": torch.cat([_pad_to(c["action_mask"], T, False, left=False) for c in chunks]),
+        "logprobs": torch.cat([_pad_to(c["logprobs"], T, 0.0, left=False) for c in chunks]),
+    }
+    finish = [f for c in chunks for f in c["finish_reasons"]]
+    logprobs, values, last_values, ref_logprobs = [], [], [], []
+    with torch.no_grad():
+        for s in range(0, len(row_prompt), cfg.batch_size):
+            sl = slice(s, s + cfg.batch_size)
+            args = (
+                cat["prompt_tokens"][sl],
+                cat["prompt_mask"][sl],
+                cat["response_tokens"][sl],
+                cat["action_mask"][sl],
+            )
+            with autocast(device, bf16=cfg.bf16):
+                out = score_responses(policy, *args)
+                ref_out = score_responses(ref, *args)
+            logprobs.append(out.logprobs.float())
+            values.append(out.values.float())
+            last_values.append(out.last_values.float())
+            ref_logprobs.append(ref_out.logprobs.float())
+    policy.train(was_training[0])
+    ref.train(was_training[1])
+    response_lists = [
+        [t for t, m in zip(r, mk, strict=True) if m and t != tok.eos_id]
+        for r, mk in zip(cat["response_tokens"].tolist(), cat["action_mask"].tolist(), strict=True)
+    ]
+    n_tokens = int(cat["action_mask"].sum())
+    seconds = time.perf_counter() - started
+    return RolloutBatch(
+        rollout_ids=[f"{prompts[i]['prompt_id']}/{j}" for i, j in zip(row_prompt, row_sample, strict=True)],
+        prompt_ids=[str(prompts[i]["prompt_id"]) for i in row_prompt],
+        group_ids=torch.tensor(row_prompt, dtype=torch.long, device=device),
+        prompt_tokens=cat["prompt_tokens"],
+        prompt_mask=cat["prompt_mask"],
+        response_tokens=cat["response_tokens"],
+        action_mask=cat["action_mask"],
+        logprobs=torch.cat(logprobs) if cfg.recompute_logprobs else cat["logprobs"],
+        ref_logprobs=torch.cat(ref_logprobs),
+        values=torch.cat(values),
+        last_values=torch.cat(last_values),
+        prompts=[prompts[i]["prompt"] for i in row_prompt],
+        responses=[tok.decode(r) for r in response_lists],
+        references=[prompts[i].get("reference") for i in row_prompt],
+        finish_reasons=finish,
+        meta={
+            "sampling": cfg.model_dump(),
+            "n_prompts": len(prompts),
+            "truncated_prompts": truncated,
+            "generated_tokens": n_tokens,
+            "seconds": round(seconds, 4),
+            "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+            "logprobs_source": "score_responses" if cfg.recompute_logprobs else "sampling",
+        },
+    )
+
+
+def generate_text(
+    model,
+    tok,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    device=None,
+) -> list[str]:
+    """Continue each prompt; returns the generated text only (EOS and padding removed)."""
+    if not prompts:
+        return []
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    seed = random.randrange(1 << 62) if seed is None else seed
+    was_training = model.training
+    model.eval()
+    rows, _ = encode_prompts(tok, prompts, max_prompt_tokens=_max_prompt_tokens(model, max_new_tokens))
+    out = sample_batch(
+        model,
+        rows,
+        [row_seed(seed, str(i), 0) for i in range(len(rows))],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        device=device,
+    )
+    model.train(was_training)
+    texts = []
+    for r, m in zip(out["response_tokens"].tolist(), out["action_mask"].tolist(), strict=True):
+        texts.append(tok.decode([t for t, k in zip(r, m, strict=True) if k and t != tok.eos_id]))
+    return texts

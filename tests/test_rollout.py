@@ -1,0 +1,176 @@
+"""Rollouts: recorded numbers equal a recomputation, EOS handling, seeding, padding invariance.
+
+Models are tiny and untrained (vocab 300); a GRU whose output bias favours EOS gives
+sequences that end at varied lengths, so both finish reasons occur.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gae.batch import RolloutBatch
+from gae.models import ModelConfig, build_model, score_responses
+from gae.rollout import RolloutConfig, filter_probs, generate_rollouts, generate_text, sample_tokens
+from gae.tokenizer import load_tokenizer, train_tokenizer
+from tests.test_models import hf_tiny_dir
+
+ATOL = 1e-5
+PROMPTS = [
+    {"prompt_id": "p0", "prompt": "the quick brown fox", "reference": "jumps"},
+    {"prompt_id": "p1", "prompt": "莫笑农家腊酒浑，丰年留客足鸡豚。山重水复疑无路", "reference": None},
+    {"prompt_id": "p2", "prompt": "to be", "reference": "or not"},
+]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    texts = [p["prompt"] for p in PROMPTS] * 10 + ["hello world and more words"] * 10
+    return load_tokenizer(train_tokenizer(texts, vocab_size=300, out_dir=tmp_path_factory.mktemp("tok")))
+
+
+def make_model(cfg: ModelConfig, tok, seed: int, eos_bias: float = 0.0):
+    torch.manual_seed(seed)
+    m = build_model(cfg, tok.vocab_size).eval()
+    with torch.no_grad():
+        m.value_head.weight.normal_(0, 0.5)  # non-zero values so value checks mean something
+        if eos_bias:  # GRU only: its output layer has a bias
+            m.actor.head.bias[tok.eos_id] = eos_bias
+    return m
+
+
+@pytest.fixture(scope="module", params=["gpt", "gru", "hf"])
+def models(request, tok, tmp_path_factory):
+    if request.param == "hf":
+        model_cfg = ModelConfig(arch="hf", hf_path=hf_tiny_dir(tmp_path_factory))
+    else:
+        model_cfg = ModelConfig.preset("tiny", arch=request.param)
+    return make_model(model_cfg, tok, 0), make_model(model_cfg, tok, 1)
+
+
+def cfg(**kw) -> RolloutConfig:
+    return RolloutConfig(**{"n_samples": 2, "max_new_tokens": 12, "seed": 7, "batch_size": 8, **kw})
+
+
+def test_batch_fields_and_recorded_logprobs_match_recompute(models, tok):
+    policy, ref = models
+    batch = generate_rollouts(policy, ref, tok, PROMPTS, cfg(recompute_logprobs=False), device="cpu")
+    B = len(PROMPTS) * 2
+    assert batch.batch_size == B
+    assert batch.rollout_ids[:3] == ["p0/0", "p0/1", "p1/0"]
+    assert batch.group_ids.tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch.references[:3] == ["jumps", "jumps", None]
+    assert torch.all(batch.prompt_tokens[batch.prompt_mask.sum(1) > 0, -1] != tok.pad_id)
+    args = (batch.prompt_tokens, batch.prompt_mask, batch.response_tokens, batch.action_mask)
+    with torch.no_grad():
+        pol, rf = score_responses(policy, *args), score_responses(ref, *args)
+    # sampling-time log-probs (KV cache, chunked) == one full forward of the finished sequences
+    torch.testing.assert_close(batch.logprobs, pol.logprobs, atol=ATOL, rtol=0)
+    torch.testing.assert_close(batch.ref_logprobs, rf.logprobs, atol=ATOL, rtol=0)
+    torch.testing.assert_close(batch.values, pol.values, atol=ATOL, rtol=0)
+    torch.testing.assert_close(batch.last_values, pol.last_values, atol=ATOL, rtol=0)
+    assert not torch.equal(batch.logprobs, batch.ref_logprobs)  # two different models
+    assert torch.all(batch.logprobs[batch.action_mask] < 0)
+    # default: stored log-probs ARE score_responses', bit for bit
+    again = generate_rollouts(policy, ref, tok, PROMPTS, cfg(batch_size=64), device="cpu")
+    assert torch.equal(again.response_tokens, batch.response_tokens)
+    assert torch.equal(again.logprobs, pol.logprobs)
+
+
+def test_eos_stops_and_masks_later_positions(tok):
+    policy = make_model(
+        ModelConfig.preset("tiny", arch="gru"), tok, 0, eos_bias=3.5
+    )  # p(EOS) ~ e^3.5 / (e^3.5 + 300) ~ 0.1 per step
+    batch = generate_rollouts(policy, policy, tok, PROMPTS, cfg(n_samples=8, max_new_tokens=6), device="cpu")
+    reasons = set(batch.finish_reasons)
+    assert reasons == {"eos", "length"}  # both occur with this bias and seed
+    for b in range(batch.batch_size):
+        n = int(batch.action_mask[b].sum())
+        assert batch.action_mask[b, :n].all() and not batch.action_mask[b, n:].any()  # contiguous
+        toks = batch.response_tokens[b]
+        if batch.finish_reasons[b] == "eos":
+            assert toks[n - 1] == tok.eos_id  # the EOS token is an action (masked True)
+            assert not (toks[: n - 1] == tok.eos_id).any()
+        else:
+            assert n == 6 and not (toks == tok.eos_id).any()
+        assert torch.all(toks[n:] == tok.pad_id)
+        for name in ("logprobs", "ref_logprobs", "values"):
+            assert torch.all(getattr(batch, name)[b, n:] == 0)
+
+
+def test_same_seed_identical_different_seed_differs(models, tok):
+    policy, ref = models
+    a = generate_rollouts(policy, ref, tok, PROMPTS, cfg(), device="cpu")
+    b = generate_rollouts(policy, ref, tok, PROMPTS, cfg(), device="cpu")
+    c = generate_rollouts(policy, ref, tok, PROMPTS, cfg(seed=8), device="cpu")
+    for name in ("response_tokens", "action_mask", "logprobs", "ref_logprobs", "values", "last_values"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.responses == b.responses
+    assert not torch.equal(a.response_tokens, c.response_tokens)
+
+
+def test_left_padding_and_batching_do_not_change_samples(models, tok):
+    """p2 is short; alone it has no padding, next to p1 it is left-padded by ~20 columns, and
+    with batch_size=1 every row is its own chunk. Its samples must be the same tokens."""
+    policy, ref = models
+    alone = generate_rollouts(policy, ref, tok, [PROMPTS[2]], cfg(), device="cpu")
+    padded = generate_rollouts(policy, ref, tok, [PROMPTS[1], PROMPTS[2]], cfg(), device="cpu")
+    single = generate_rollouts(policy, ref, tok, [PROMPTS[1], PROMPTS[2]], cfg(batch_size=1), device="cpu")
+    assert padded.prompt_mask[2:].sum(1).max() < padded.prompt_tokens.shape[1]  # really padded
+    for other in (padded, single):
+        rows = slice(2, 4)
+        n = alone.response_tokens.shape[1]
+        assert torch.equal(other.response_tokens[rows, :n], alone.response_tokens)
+        assert not other.action_mask[rows, n:].any()
+        torch.testing.assert_close(other.logprobs[rows, :n], alone.logprobs, atol=ATOL, rtol=0)
+        assert other.responses[2:] == alone.responses
+
+
+def test_greedy_equals_top_k_1(models, tok):
+    policy, ref = models
+    g = generate_rollouts(policy, ref, tok, PROMPTS, cfg(temperature=0.0), device="cpu")
+    k = generate_rollouts(policy, ref, tok, PROMPTS, cfg(top_k=1, seed=123), device="cpu")
+    assert torch.equal(g.response_tokens, k.response_tokens)
+    assert torch.equal(g.response_tokens[0], g.response_tokens[1])  # greedy: samples of a prompt agree
+
+
+def test_batch_save_load(models, tok, tmp_path):
+    policy, ref = models
+    batch = generate_rollouts(policy, ref, tok, PROMPTS, cfg(), device="cpu")
+    loaded = RolloutBatch.load(batch.save(tmp_path / "b"))
+    assert torch.equal(loaded.logprobs, batch.logprobs) and loaded.responses == batch.responses
+    assert loaded.meta["sampling"]["seed"] == 7
+
+
+def test_filter_probs_hand_computed():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    # top_p=0.6: mass before token0 = 0 < 0.6 keep; before token1 = 0.5 < 0.6 keep; before token2 = 0.8 drop
+    torch.testing.assert_close(
+        filter_probs(logits, 1.0, 0, 0.6), torch.tensor([[0.625, 0.375, 0.0]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        filter_probs(logits, 1.0, 1, 1.0), torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    )
+    # temperature 0.5 squares the probabilities: 0.25, 0.09, 0.04 over 0.38
+    torch.testing.assert_close(
+        filter_probs(logits, 0.5, 0, 1.0), torch.tensor([[0.25, 0.09, 0.04]], dtype=torch.float64) / 0.38
+    )
+    probs = torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64).repeat(3, 1)
+    # cdf [0.5, 0.5, 1.0]: u=0 -> 0, u=0.5 -> first cdf > 0.5 = 2 (never the zero-probability token 1)
+    assert sample_tokens(probs, torch.tensor([0.0, 0.5, 0.999])).tolist() == [0, 2, 2]
+
+
+def test_generate_text(models, tok):
+    policy, _ = models
+    texts = generate_text(policy, tok, ["the quick", "莫笑"], max_new_tokens=5, seed=3)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert texts == generate_text(policy, tok, ["the quick", "莫笑"], max_new_tokens=5, seed=3)
+
+
+def test_rejects_bad_prompts_and_lengths(models, tok):
+    policy, ref = models
+    with pytest.raises(ValueError, match="lacks 'prompt_id'"):
+        generate_rollouts(policy, ref, tok, [{"prompt": "x"}], cfg(), device="cpu")
+    if policy.block_size is not None:
+        with pytest.raises(ValueError, match="leaves no room"):
+            generate_rollouts(policy, ref, tok, PROMPTS, cfg(max_new_tokens=policy.block_size), device="cpu")
