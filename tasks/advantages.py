@@ -1,0 +1,88 @@
+"""Prefect task: shape scores into per-token rewards (KL included) and estimate advantages.
+
+Runs on the configured device (`gae.device.resolve_device`): the GAE kernels pick their
+backend from it (numba on CPU, Triton on CUDA).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+ADVANTAGES_FILE = "advantages.safetensors"
+
+
+@task(name="compute-advantages")
+def compute_advantages(
+    batch_dir: str,
+    scores_path: str,
+    advantage_cfg: dict,
+    shaping_cfg: dict,
+    *,
+    kl_coef: float,
+    device: str = "auto",
+) -> dict:
+    """Write `<batch_dir>/advantages.safetensors` with token_rewards, kl, advantages, returns (B, T).
+
+    advantage_cfg: estimator (by name), gamma, lam, horizon, p, bootstrap_truncated (the
+    fields of the run config's advantage section); shaping_cfg: a `gae.shaping.ShapingConfig`
+    as a dict; kl_coef: the KL controller's current value.
+    Returns {"path", "mean_kl" (per-sequence KL summed over tokens, batch mean: what the
+    adaptive controller tracks), "n_rollouts", "n_action_tokens"}.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from gae.advantages import estimate, parse_estimator
+    from gae.batch import RolloutBatch
+    from gae.device import resolve_device
+    from gae.fsutil import atomic_path
+    from gae.rewards import ScoreTable
+    from gae.shaping import ShapingConfig, sequence_kl, shape_rewards
+
+    dev = resolve_device(device)
+    batch = RolloutBatch.load(batch_dir, device=dev)
+    scores = ScoreTable.load(scores_path)
+    shaping = ShapingConfig.model_validate(shaping_cfg)
+    known = {"estimator", "gamma", "lam", "horizon", "p", "bootstrap_truncated"}
+    unknown = set(advantage_cfg) - known
+    if unknown:
+        raise ValueError(f"advantage_cfg has unknown fields {sorted(unknown)}; valid: {sorted(known)}")
+    est = parse_estimator(advantage_cfg.get("estimator", "gae"))
+
+    rewards, kl = shape_rewards(scores.total.to(dev), batch, shaping, kl_coef)
+    mask = batch.action_mask.bool()
+    last_value = None
+    if advantage_cfg.get("bootstrap_truncated", False):
+        cut = torch.tensor([f == "length" for f in batch.finish_reasons], device=dev)
+        last_value = torch.where(cut, batch.last_values.float(), 0.0)
+    adv, ret = estimate(
+        est,
+        rewards=rewards,
+        mask=mask,
+        values=batch.values.float() if est.needs_critic else None,
+        gamma=advantage_cfg.get("gamma", 1.0),
+        lam=advantage_cfg.get("lam", 0.95),
+        last_value=last_value,
+        group_ids=batch.group_ids,
+        horizon=advantage_cfg.get("horizon"),
+        p=advantage_cfg.get("p"),
+    )
+    path = Path(batch_dir) / ADVANTAGES_FILE
+    tensors = {"token_rewards": rewards, "kl": kl, "advantages": adv, "returns": ret}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    return {
+        "path": str(path),
+        "mean_kl": float(sequence_kl(kl, mask).mean()),
+        "n_rollouts": batch.batch_size,
+        "n_action_tokens": int(mask.sum()),
+    }
+
+
+def load_advantages(path: str | Path) -> dict:
+    """The tensors `compute_advantages` wrote: token_rewards, kl, advantages, returns (B, T)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
