@@ -144,3 +144,38 @@ def test_whiten_moments_match_float64(T):
     expected = (sel - sel.mean()) / np.sqrt(sel.var(ddof=1))
     np.testing.assert_allclose(w[m].double().numpy(), expected, rtol=1e-4, atol=1e-4)
     assert bool((w[~m] == 0).all())
+
+
+def test_pooled_outputs_live_as_long_as_any_view():
+    from gae.kernels import cpu
+
+    shape = (cpu._POOL_MIN_BYTES // 4 // 64 + 1, 64)  # just above the pool threshold
+    a = cpu.empty_output(shape, torch.float32)
+    assert a.is_contiguous() and a.shape == shape and a.dtype == torch.float32
+    a.fill_(1.5)
+    view = a[1:3]
+    ptr = a.data_ptr()
+    del a  # the view still holds the buffer: it must not be handed out again
+    b = cpu.empty_output(shape, torch.float32)
+    assert b.data_ptr() != ptr
+    b.fill_(-2.0)
+    assert bool((view == 1.5).all())
+    del view  # now the buffer is idle and the next request of that size reuses it
+    c = cpu.empty_output(shape, torch.float32)
+    assert c.data_ptr() == ptr
+    # small requests and other dtypes are plain torch.empty
+    assert cpu.empty_output((3, 4), torch.float32).shape == (3, 4)
+    assert cpu.empty_output(shape, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_pooled_gae_outputs_are_rewritten_completely():
+    # A reused buffer holds the previous call's numbers: every position (padding
+    # included) must be written again. Large enough for the pool.
+    r, v, m, lv = mixed_rows(64, 4100, seed=6)
+    a1, r1 = compute_gae(r, v, m, gamma=0.9, lam=0.9, last_value=lv)
+    first = (a1.clone(), r1.clone())
+    a1.fill_(float("nan"))
+    r1.fill_(float("nan"))
+    del a1, r1
+    a2, r2 = compute_gae(r, v, m, gamma=0.9, lam=0.9, last_value=lv)
+    assert torch.equal(a2, first[0]) and torch.equal(r2, first[1])

@@ -19,6 +19,9 @@ chain to per-row SIMD sums.
 
 from __future__ import annotations
 
+import math
+import threading
+
 import numpy as np
 import torch
 from numba import njit
@@ -167,6 +170,72 @@ def _whiten_kernel(x, m, mean, scale, shift_mean, out):  # pragma: no cover - co
             ob[t] = y if mb[t] else zero
 
 
+# --------------------------------------------------------------------------- output buffers
+# Fresh outputs are the other half of the cost: on the 2-core development VM, first
+# touching fresh pages (a fault per 4 KiB) cost up to 5x the kernel (16 MiB of outputs at
+# 1024 x 2048: 4-23 ms against a ~4 ms kernel), and whether glibc hands back warm pages
+# or fresh ones depends on every other allocation of the process. So large outputs come
+# from a small pool of buffers that go back to it when the last tensor (or view) using
+# them dies, as torch's CUDA caching allocator does; bounded in count and bytes.
+
+_POOL_MIN_BYTES = 1 << 20  # below this, malloc keeps warm pages anyway
+_POOL_MAX_BUFFERS = 8
+_POOL_MAX_BYTES = 1 << 30  # idle bytes kept at most
+_NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_free: list[np.ndarray] = []  # idle raw buffers (uint8), the most recently returned last
+# Reentrant: a buffer can come back (a __del__) while this thread holds the lock.
+_lock = threading.RLock()
+
+
+class _Lease:
+    """Owns one raw buffer while any array or tensor made from it is alive: numpy keeps
+    the object exposing `__array_interface__` as the array's base, `torch.from_numpy`
+    keeps the array, and views keep the storage, so this dies with the last of them."""
+
+    __slots__ = ("raw", "__array_interface__")
+
+    def __init__(self, raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype):
+        self.raw = raw
+        self.__array_interface__ = {
+            "shape": shape,
+            "typestr": dtype.str,
+            "data": (raw.ctypes.data, False),  # False: writable
+            "version": 3,
+        }
+
+    def __del__(self):
+        # Not contextlib.suppress: at interpreter shutdown that module may be gone already.
+        try:  # noqa: SIM105
+            _give_back(self.raw)
+        except Exception:  # shutdown: this module's globals may be torn down
+            pass
+
+
+def _give_back(raw: np.ndarray) -> None:
+    with _lock:
+        _free.append(raw)
+        while len(_free) > _POOL_MAX_BUFFERS or sum(f.nbytes for f in _free) > _POOL_MAX_BYTES:
+            _free.pop(0)  # the oldest goes back to malloc
+
+
+def empty_output(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous CPU tensor, from the pool when it is large. Callers
+    write every element (the kernels do), so a reused buffer never leaks old values."""
+    npd = _NP_DTYPES.get(dtype)
+    nbytes = math.prod(shape) * (npd.itemsize if npd is not None else 0)
+    if npd is None or nbytes < _POOL_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    raw = None
+    with _lock:
+        for i in range(len(_free) - 1, -1, -1):  # warmest first; a somewhat bigger one serves too
+            if nbytes <= _free[i].nbytes <= 2 * nbytes:
+                raw = _free.pop(i)
+                break
+    if raw is None:
+        raw = np.empty(nbytes, np.uint8)
+    return torch.from_numpy(np.asarray(_Lease(raw, tuple(shape), npd)))
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
@@ -201,8 +270,8 @@ def gae_cpu(
     page faults of first touching fresh memory). They must not alias the inputs."""
     B, T = rewards.shape
     if out is None:
-        adv = torch.empty((B, T), dtype=rewards.dtype)
-        ret = torch.empty((B, T), dtype=rewards.dtype)
+        adv = empty_output((B, T), rewards.dtype)
+        ret = empty_output((B, T), rewards.dtype)
     else:
         adv, ret = (_check_out(n, o, rewards) for n, o in zip(("out[0]", "out[1]"), out, strict=True))
     r, v, m, lv = _np(rewards), _np(values), _np(mask), _np(last_value)
@@ -230,6 +299,6 @@ def whiten_cpu(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool, eps: fl
     n, mean, var = _masked_moments(xn, mn)
     if n < 2:
         raise ValueError(f"masked_whiten needs at least 2 action tokens, the mask has {n}")
-    out = torch.empty(x.shape, dtype=x.dtype)
+    out = empty_output(tuple(x.shape), x.dtype)
     _whiten_kernel(xn, mn, mean, 1.0 / np.sqrt(var + eps), shift_mean, out.numpy())
     return out
