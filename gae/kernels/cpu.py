@@ -112,31 +112,19 @@ def _gae_kernel(r, v, m, last_v, gamma, lam, adv, ret):  # pragma: no cover - co
 
 
 @njit(fastmath={"reassoc", "contract"}, **_HOT)
-def _masked_moments(x, m):  # pragma: no cover - compiled
-    """Count, mean and unbiased variance over masked entries; shifted sums in float64.
+def _masked_sums(x, m, shift):  # pragma: no cover - compiled
+    """Sum and sum of squares of (x - shift) over masked entries, in float64.
 
     "reassoc" lets LLVM split each row's sums over SIMD lanes (a serial float64 add
-    chain was the whole cost); the masked-out lanes add an exact 0 chosen by a select,
-    so garbage (NaN, inf) at padding positions never reaches a sum. Sums are per row,
-    then over rows: shorter chains, smaller rounding error than one running sum."""
+    chain was the whole cost); masked-out lanes add an exact 0 chosen by a select, so
+    garbage (NaN, inf) at padding positions never reaches a sum. Sums are per row, then
+    over rows: shorter chains, smaller rounding error than one running sum. The count
+    is not taken here: a third (integer) accumulator cost more than the two sums."""
     B, T = x.shape
-    # Shift by the first action value: the sums of squares then cancel less.
-    shift = 0.0
-    found = False
-    for b in range(B):
-        for t in range(T):
-            if m[b, t]:
-                shift = np.float64(x[b, t])
-                found = True
-                break
-        if found:
-            break
-    n = 0
     s = 0.0
     ss = 0.0
     for b in range(B):
         xb, mb = x[b], m[b]
-        nb = 0
         sb = 0.0
         ssb = 0.0
         for t in range(T):
@@ -144,16 +132,21 @@ def _masked_moments(x, m):  # pragma: no cover - compiled
             d = d if mb[t] else 0.0
             sb += d
             ssb += d * d
-            nb += np.int64(mb[t])
-        n += nb
         s += sb
         ss += ssb
+    return s, ss
+
+
+def _masked_moments(x: np.ndarray, m: np.ndarray) -> tuple[int, float, float]:
+    """Count, mean and unbiased variance over masked entries (C-contiguous arrays)."""
+    n = int(np.count_nonzero(m))
     if n < 2:
         return n, 0.0, 0.0
+    # Shift by the first action value: the sum of squares then cancels less.
+    shift = float(x.reshape(-1)[int(np.argmax(m.reshape(-1)))])
+    s, ss = _masked_sums(x, m, shift)
     mean_d = s / n
-    var = (ss - n * mean_d * mean_d) / (n - 1)
-    if var < 0.0:
-        var = 0.0
+    var = max((ss - n * mean_d * mean_d) / (n - 1), 0.0)
     return n, shift + mean_d, var
 
 
