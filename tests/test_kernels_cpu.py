@@ -33,9 +33,10 @@ def mixed_rows(B, T, *, seed, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("B", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("T", [1, 37])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_interleaved_rows_match_reference(B, dtype):
-    r, v, m, lv = mixed_rows(B, 37, seed=B, dtype=dtype)
+def test_interleaved_rows_match_reference(B, T, dtype):
+    r, v, m, lv = mixed_rows(B, T, seed=B, dtype=dtype)
     adv, ret = compute_gae(r, v, m, gamma=0.97, lam=0.9, last_value=lv, backend="numba")
     ea, er = gae_reference(r, v, m, gamma=0.97, lam=0.9, last_value=lv)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
