@@ -13,7 +13,7 @@ from gae.batch import RolloutBatch
 from gae.models import ModelConfig, build_model, score_responses
 from gae.rollout import RolloutConfig, filter_probs, generate_rollouts, generate_text, sample_tokens
 from gae.tokenizer import load_tokenizer, train_tokenizer
-from tests.test_models import hf_tiny_dir
+from tests.test_models import hf_tiny_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 ATOL = 1e-5
 PROMPTS = [
