@@ -1,0 +1,181 @@
+"""The model registry on a real sqlite store: pyfunc loads in another process, aliases move
+only on improvement, registration is idempotent per source, `gae models` lists versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gae.paths import DataDir
+
+TEXTS = ["the cat sat on the mat.", "a dog ran in the park.", "the sun is warm today."] * 20
+
+
+@pytest.fixture(scope="session")
+def empty_store(request, tmp_path_factory):
+    """An initialised, empty MLflow sqlite file, made once and kept in pytest's cache (keyed
+    by the MLflow version): creating the schema costs 2-12 s here, copying it nothing."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    cached = request.config.cache.mkdir(f"gae-mlflow-{mlflow.__version__}") / "mlflow.db"
+    if not cached.exists():
+        tmp = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+        shutil.copyfile(tmp, str(cached) + ".part")
+        os.replace(str(cached) + ".part", cached)
+    return cached
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch, empty_store):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dd = DataDir.resolve(tmp_path / "data").ensure()
+    shutil.copyfile(empty_store, dd.mlflow_db)
+    return dd
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    """A tiny GPT with its tokenizer in one directory."""
+    from gae.models import ModelConfig, build_model, save_model
+    from gae.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("policy")
+    tok_path = train_tokenizer(TEXTS, vocab_size=300, out_dir=out)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=64), 300)
+    save_model(model, out)
+    assert tok_path == out / "tokenizer.json"
+    return out
+
+
+def test_register_then_load_champion_in_a_separate_process(data_dir, policy_dir):
+    from gae.registry import log_and_register
+
+    reg = log_and_register(policy_dir, "gae-policy", eval_score=0.25, data_dir=data_dir, source="run-a:3")
+    assert reg.version == 1 and reg.promoted and reg.champion_version == 1 and reg.champion_score is None
+
+    script = (
+        "import json, mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/gae-policy@champion')\n"
+        "a = m.predict(['the cat', 'a dog'], params={'max_new_tokens': 8, 'temperature': 1.0, 'seed': 3})\n"
+        "b = m.predict(pd.DataFrame({'prompt': ['the cat', 'a dog']}), params={'max_new_tokens': 8, 'seed': 3})\n"
+        "print(json.dumps({'a': list(a), 'b': list(b), 'sig': m.metadata.get_params_schema().to_dict()}))\n"
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{data_dir.mlflow_db}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=data_dir.root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(out["a"]) == 2 and all(isinstance(t, str) for t in out["a"])
+    assert any(len(t) > 0 for t in out["a"])
+    assert out["a"] == out["b"]  # list input and DataFrame input, same seed: same texts
+    assert {p["name"] for p in out["sig"]} == {"max_new_tokens", "temperature", "top_p", "seed"}
+
+
+def test_champion_moves_only_on_improvement(data_dir, policy_dir):
+    from mlflow import MlflowClient
+
+    from gae.registry import list_versions, load_policy, log_and_register
+
+    r1 = log_and_register(policy_dir, "p", eval_score=0.5, data_dir=data_dir, source="r:0")
+    r2 = log_and_register(policy_dir, "p", eval_score=0.4, data_dir=data_dir, source="r:1")  # worse
+    r3 = log_and_register(
+        policy_dir, "p", eval_score=0.5, data_dir=data_dir, source="r:2"
+    )  # a tie is no gain
+    r4 = log_and_register(policy_dir, "p", eval_score=0.7, data_dir=data_dir, source="r:3")  # better
+    assert (r1.promoted, r2.promoted, r3.promoted, r4.promoted) == (True, False, False, True)
+    assert (r2.champion_version, r3.champion_version, r4.champion_version) == (1, 1, 4)
+    client = MlflowClient(tracking_uri=f"sqlite:///{data_dir.mlflow_db}")
+    assert int(client.get_model_version_by_alias("p", "champion").version) == 4
+    assert int(client.get_model_version_by_alias("p", "candidate").version) == 4
+    v2 = client.get_model_version("p", "2")
+    assert float(v2.tags["eval_score"]) == 0.4 and float(v2.tags["champion_eval_score"]) == 0.5
+
+    # A retried registration of the same source adds no version.
+    again = log_and_register(policy_dir, "p", eval_score=0.7, data_dir=data_dir, source="r:3")
+    assert again.version == 4
+    rows = list_versions("p", data_dir=data_dir)
+    assert [r["version"] for r in rows] == [4, 3, 2, 1]
+    assert rows[0]["aliases"] == ["candidate", "champion"] and rows[2]["aliases"] == []
+
+    # In-process loading by alias also works, and leaves the process's MLflow URI alone.
+    texts = load_policy("p@champion", data_dir=data_dir).predict(
+        ["the sun"], params={"max_new_tokens": 4, "seed": 1}
+    )
+    assert len(texts) == 1
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_register_under_the_pipeline_run_keeps_it_running(data_dir, policy_dir):
+    from gae.registry import log_and_register
+    from gae.tracking import Tracker
+
+    tr = Tracker.start(data_dir, run_id="run-x")
+    reg = log_and_register(
+        policy_dir, eval_score=0.1, data_dir=data_dir, mlflow_run_id=tr.run_id, source="run-x:0"
+    )
+    mv = tr.client.get_model_version("gae-policy", str(reg.version))
+    assert mv.run_id == tr.run_id
+    assert tr.client.get_run(tr.run_id).info.status == "RUNNING"
+    tr.finish()
+
+
+def test_missing_inputs_raise(data_dir, tmp_path):
+    from gae.registry import log_and_register
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        log_and_register(tmp_path, eval_score=0.0, data_dir=data_dir)
+
+
+def test_cli_models_and_generate(data_dir, policy_dir):
+    import typer
+    from typer.testing import CliRunner
+
+    from gae.commands import models as models_cmd
+    from gae.registry import log_and_register
+
+    log_and_register(policy_dir, eval_score=0.3, data_dir=data_dir, source="cli:0")
+    app = typer.Typer()
+    models_cmd.register(app)
+    runner = CliRunner()
+    res = runner.invoke(app, ["models", "--data-dir", str(data_dir.root)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["models", "--data-dir", str(data_dir.root), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert rows[0]["name"] == "gae-policy" and rows[0]["aliases"] == ["candidate", "champion"]
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--data-dir",
+            str(data_dir.root),
+            "--model",
+            "gae-policy@champion",
+            "--max-new-tokens",
+            "4",
+            "--seed",
+            "0",
+            "the cat",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("the cat")
