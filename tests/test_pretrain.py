@@ -106,3 +106,26 @@ def test_presets_and_errors(tmp_path):
             cfg=fast_cfg(),
             out_dir=tmp_path,
         )
+
+
+def test_pretrain_task_from_duckdb_is_cached(tmp_path):
+    """The Prefect task reads the ingested corpus from DuckDB, writes models/<arch>-<key>/, and a
+    rerun with the same corpus and config reuses it."""
+    from prefect.logging import disable_run_logger
+
+    from gae.ingest import ingest
+    from tasks.pretrain import pretrain_task
+
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(80, 0)))
+    ingest([str(src)], data_dir=tmp_path / "data")
+    model_cfg = ModelConfig.preset("tiny", n_layer=1).model_dump()
+    cfg = fast_cfg(max_steps=5, eval_interval=5).model_dump()
+    with disable_run_logger():
+        first = pretrain_task.fn(str(tmp_path / "data"), model_cfg, cfg, device="cpu")
+        again = pretrain_task.fn(str(tmp_path / "data"), model_cfg, cfg, device="cpu")
+    assert not first["cached"] and again["cached"]
+    assert first["model_dir"] == again["model_dir"] and first["eval_ppl"] == again["eval_ppl"]
+    assert first["model_dir"].startswith(str(tmp_path / "data" / "models" / "gpt-"))
+    load_model(first["model_dir"])
+    load_tokenizer(first["tokenizer"])

@@ -174,3 +174,57 @@ def test_rejects_bad_prompts_and_lengths(models, tok):
     if policy.block_size is not None:
         with pytest.raises(ValueError, match="leaves no room"):
             generate_rollouts(policy, ref, tok, PROMPTS, cfg(max_new_tokens=policy.block_size), device="cpu")
+
+
+def test_rollout_task_from_file_and_duckdb(tmp_path, tok):
+    """The Prefect task: prompts from a JSON-lines file or from DuckDB; saved batch reloads; a
+    rerun with the same inputs reuses the saved batch."""
+    import json
+
+    from prefect.logging import disable_run_logger
+
+    from gae.ingest import ingest
+    from gae.models import save_model
+    from tasks.rollout import rollout_task
+
+    model = make_model(ModelConfig.preset("tiny"), tok, 0)
+    save_model(model, tmp_path / "policy")
+    tok.save(tmp_path / "policy")
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    src = tmp_path / "corpus.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"text": f"Passage {i}. The fox ran over the hill again."}) + "\n" for i in range(20)
+        )
+    )
+    ingest([str(src)], data_dir=tmp_path / "data")
+    pol, tk = str(tmp_path / "policy"), str(tmp_path / "policy" / "tokenizer.json")
+    rcfg = {"n_samples": 2, "max_new_tokens": 5}
+    with disable_run_logger():
+        out = rollout_task.fn(
+            None, pol, pol, tk, rcfg, out_dir=str(tmp_path / "b1"), prompts_path=str(prompts_file)
+        )
+        b1 = RolloutBatch.load(out)
+        assert b1.prompt_ids == ["p0", "p0", "p1", "p1", "p2", "p2"]
+        mtime = (tmp_path / "b1" / "batch.safetensors").stat().st_mtime_ns
+        rollout_task.fn(
+            None, pol, pol, tk, rcfg, out_dir=str(tmp_path / "b1"), prompts_path=str(prompts_file)
+        )
+        assert (tmp_path / "b1" / "batch.safetensors").stat().st_mtime_ns == mtime  # reused
+        out = rollout_task.fn(
+            str(tmp_path / "data"), pol, pol, tk, rcfg, out_dir=str(tmp_path / "b2"), n_prompts=3, seed=5
+        )
+        b2 = RolloutBatch.load(out)
+        assert b2.batch_size == 6 and b2.meta["sampling"]["seed"] == 5
+        ids = b2.prompt_ids[::2]
+        out = rollout_task.fn(
+            str(tmp_path / "data"), pol, pol, tk, rcfg, out_dir=str(tmp_path / "b3"), prompt_ids=ids, seed=5
+        )
+        assert torch.equal(
+            RolloutBatch.load(out).response_tokens, b2.response_tokens
+        )  # same prompts, same seed
+        with pytest.raises(ValueError, match="not in the prompts table"):
+            rollout_task.fn(
+                str(tmp_path / "data"), pol, pol, tk, rcfg, out_dir=str(tmp_path / "b4"), prompt_ids=["nope"]
+            )
