@@ -1,14 +1,14 @@
 -- Advantage statistics of action tokens by response-position bucket (one run, one or all iterations)
 -- params: run_id=null, iteration=null, bucket_size=32
 -- run_id null: the run written last; iteration null: all iterations of the run.
-with params as (
+with params as not materialized (
     select
         coalesce(cast($run_id as varchar), (select run_id from rollouts order by written_at desc, iteration desc limit 1)) as run_id,
         cast($iteration as bigint) as iteration,
         cast(coalesce($bucket_size, 32) as integer) as bucket_size
 ),
 
-action_tokens as (
+action_tokens as not materialized (
     select
         tokens.position // params.bucket_size * params.bucket_size as bucket_start,
         params.bucket_size,

@@ -2,7 +2,7 @@
 -- params: run_id=null
 -- run_id null: the run written last.
 -- Population variances over action tokens, as cleanrl's ppo.py logs it; NULL when Var(returns) = 0.
-with params as (
+with params as not materialized (
     select coalesce(cast($run_id as varchar), (select run_id from rollouts order by written_at desc, iteration desc limit 1)) as run_id
 )
 

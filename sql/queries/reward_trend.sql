@@ -1,7 +1,7 @@
 -- Sequence score, length, EOS rate and KL of each iteration of a run
 -- params: run_id=null
 -- run_id null: the run written last.
-with params as (
+with params as not materialized (
     select coalesce(cast($run_id as varchar), (select run_id from rollouts order by written_at desc, iteration desc limit 1)) as run_id
 )
 
