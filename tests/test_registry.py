@@ -179,3 +179,33 @@ def test_cli_models_and_generate(data_dir, policy_dir):
     )
     assert res.exit_code == 0, res.output
     assert res.output.startswith("the cat")
+
+
+def test_register_task_is_idempotent(data_dir, policy_dir):
+    from tasks.register import register_policy
+
+    run = {"run_id": "run-t", "run_name": "t", "mlflow_run_id": None}
+    cfg = {"registry": {"model_name": "task-policy", "experiment": "gaeflow"}}
+    a = register_policy.fn(
+        str(data_dir.root),
+        run,
+        str(policy_dir),
+        str(policy_dir / "tokenizer.json"),
+        cfg,
+        eval_score=0.2,
+        iteration=3,
+    )
+    b = register_policy.fn(
+        str(data_dir.root),
+        run,
+        str(policy_dir),
+        str(policy_dir / "tokenizer.json"),
+        cfg,
+        eval_score=0.2,
+        iteration=3,
+    )
+    assert a["version"] == b["version"] == 1 and a["promoted"]
+    with pytest.raises(ValueError, match="no completed iteration"):
+        register_policy.fn(
+            str(data_dir.root), {**run, "run_name": "none"}, str(policy_dir), str(policy_dir), cfg
+        )
