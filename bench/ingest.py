@@ -1,0 +1,144 @@
+"""Ingest throughput against DuckDB's own readers loading the same files, in the same run.
+
+    python bench/ingest.py --mb 200          # JSON lines (with 0.1% broken lines) and plain text
+
+Baselines: `create table t as select * from read_json_auto(F)` (the JSON-lines file without
+its broken lines, which read_json_auto would refuse) and `create table t as select * from
+read_text(F)` for text. `gae.ingest` does more (per-line quarantine, NFC + hash + dedup,
+prompts), so the ratio is the price of those guarantees; the target is <= 3x for JSON lines.
+Files under ../shared/corpora/ are timed too when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+_WORDS = (
+    "the of and to in is that for it as with was on be by this are from or an which at not have but "
+    "value advantage policy reward token sequence model return estimate critic gradient update batch "
+    "learning rate discount lambda sample prompt response reference corpus document sentence"
+)
+WORDS = _WORDS.split()
+CJK = "天地玄黄宇宙洪荒日月盈昃辰宿列张寒来暑往秋收冬藏闰余成岁律吕调阳云腾致雨露结为霜"
+
+
+def sentence(rng: random.Random) -> str:
+    if rng.random() < 0.1:
+        return "".join(rng.choice(CJK) for _ in range(rng.randint(6, 16))) + rng.choice("。！？")
+    words = [rng.choice(WORDS) for _ in range(rng.randint(6, 18))]
+    return " ".join(words).capitalize() + rng.choice(".!?")
+
+
+def make_jsonl(path: Path, clean: Path, mb: float, seed: int = 0) -> int:
+    """A JSON-lines file of ~mb MB (0.1% broken lines, 1% duplicates) and the same without broken lines."""
+    rng = random.Random(seed)
+    target, n, size, recent = mb * 1e6, 0, 0, []
+    with open(path, "w", encoding="utf-8") as f, open(clean, "w", encoding="utf-8") as g:
+        while size < target:
+            n += 1
+            if rng.random() < 0.001:
+                line = '{"text": "unterminated\n'
+                f.write(line)
+                size += len(line)
+                continue
+            if recent and rng.random() < 0.01:
+                text = rng.choice(recent)
+            else:
+                text = " ".join(sentence(rng) for _ in range(rng.randint(2, 8)))
+                recent = (recent + [text])[-100:]
+            line = json.dumps({"id": n, "source": "bench", "text": text}, ensure_ascii=False) + "\n"
+            f.write(line)
+            g.write(line)
+            size += len(line.encode())
+    return n
+
+
+def make_text(folder: Path, mb: float, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    i, size = 0, 0
+    while size < mb * 1e6:
+        body = "\n\n".join(" ".join(sentence(rng) for _ in range(rng.randint(3, 9))) for _ in range(200))
+        (folder / f"doc{i:05d}.txt").write_text(body, encoding="utf-8")
+        size += len(body.encode())
+        i += 1
+
+
+def time_it(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def duckdb_load(sql: str, arg: str) -> float:
+    import duckdb
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    try:
+        return time_it(lambda: con.execute(sql, {"f": arg}))
+    finally:
+        con.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=float, default=200.0, help="Size of the generated JSON-lines file.")
+    ap.add_argument("--text-mb", type=float, default=50.0, help="Size of the generated text folder.")
+    args = ap.parse_args()
+
+    from gae.ingest import IngestConfig, ingest
+
+    tmp = Path(tempfile.mkdtemp(prefix="gae-bench-ingest-"))
+    try:
+        jsonl, clean = tmp / "corpus.jsonl", tmp / "clean.jsonl"
+        lines = make_jsonl(jsonl, clean, args.mb)
+        mb = jsonl.stat().st_size / 1e6
+        base = duckdb_load("create table t as select * from read_json_auto($f)", str(clean))
+        s = ingest([jsonl], data_dir=tmp / "d1", options=IngestConfig())
+        lost = lines - (s.inserted + s.duplicates + s.quarantined)
+        print(f"JSON lines  {mb:7.1f} MB {lines} lines")
+        print(f"  duckdb read_json_auto -> table  {base:6.2f} s  {mb / base:6.1f} MB/s")
+        print(
+            f"  gae ingest                      {s.seconds:6.2f} s  {mb / s.seconds:6.1f} MB/s  ratio {s.seconds / base:.2f}x"
+        )
+        print(
+            f"  inserted {s.inserted} duplicates {s.duplicates} quarantined {s.quarantined_by_reason} lost {lost}"
+        )
+        s2 = ingest([jsonl], data_dir=tmp / "d1", options=IngestConfig())
+        print(f"  rerun (all duplicates)          {s2.seconds:6.2f} s  inserted {s2.inserted}")
+
+        text_dir = tmp / "text"
+        make_text(text_dir, args.text_mb)
+        tmb = sum(p.stat().st_size for p in text_dir.iterdir()) / 1e6
+        tbase = duckdb_load("create table t as select * from read_text($f)", str(text_dir / "*.txt"))
+        ts = ingest([text_dir], data_dir=tmp / "d2", options=IngestConfig())
+        print(f"text files  {tmb:7.1f} MB {len(list(text_dir.iterdir()))} files")
+        print(f"  duckdb read_text -> table       {tbase:6.2f} s  {tmb / tbase:6.1f} MB/s")
+        print(
+            f"  gae ingest                      {ts.seconds:6.2f} s  {tmb / ts.seconds:6.1f} MB/s  ratio {ts.seconds / tbase:.2f}x"
+        )
+
+        shared = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"
+        for f in sorted(shared.glob("*")) if shared.exists() else []:
+            if f.suffix not in (".jsonl", ".txt"):
+                continue
+            sql = "read_json_auto($f)" if f.suffix == ".jsonl" else "read_text($f)"
+            b = duckdb_load(f"create table t as select * from {sql}", str(f))
+            r = ingest(
+                [f], data_dir=tmp / f"d-{f.stem}", options=IngestConfig(split_paragraphs=f.suffix == ".txt")
+            )
+            fmb = f.stat().st_size / 1e6
+            print(f"{f.name:<32} {fmb:6.2f} MB  duckdb {b:6.3f} s  gae {r.seconds:6.3f} s  ratio {r.seconds / b:.1f}x  "
+                  f"docs {r.inserted} prompts {r.prompts}")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

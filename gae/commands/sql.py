@@ -1,0 +1,126 @@
+"""`gae sql` (any read-only SQL) and `gae query` (named queries from sql/queries/)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+FORMATS = ("table", "csv", "json")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sql")
+    def sql_cmd(
+        query: str = typer.Argument(
+            ..., help='SQL to run, e.g. "select split, count(*) from prompts group by all".'
+        ),
+        data_dir: Path = typer.Option(
+            None, "--data-dir", help="Data directory (default: $GAE_DATA_DIR or ./gae-data)."
+        ),
+        fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+        max_rows: int = typer.Option(100, help="Rows shown by --format table (csv and json print all)."),
+    ) -> None:
+        """Run SQL on the project's database through a read-only connection (writes are refused)."""
+        _check_format(fmt)
+        from gae.db import connect
+
+        con = connect(data_dir, read_only=True)
+        try:
+            rel = _run(con, query)
+            _print(rel, fmt, max_rows)
+        finally:
+            con.close()
+
+    @app.command("query")
+    def query_cmd(
+        name: str = typer.Argument(None, help="A named query from sql/queries/ (see --list)."),
+        param: list[str] = typer.Option(None, "--param", "-p", help="key=value bound as $key; repeatable."),
+        list_: bool = typer.Option(False, "--list", help="List the named queries with a description each."),
+        data_dir: Path = typer.Option(
+            None, "--data-dir", help="Data directory (default: $GAE_DATA_DIR or ./gae-data)."
+        ),
+        fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+        max_rows: int = typer.Option(100, help="Rows shown by --format table (csv and json print all)."),
+    ) -> None:
+        """Run a named query (sql/queries/NAME.sql) read-only, with --param key=value for its $key parameters."""
+        from gae.db import coerce_param, connect, list_queries, query_params, run_query
+
+        queries = list_queries()
+        if list_ or not name:
+            width = max((len(n) for n in queries), default=0)
+            for n, desc in queries.items():
+                needed, defaults = query_params(n)
+                ps = " ".join(f"[{k}={defaults[k]}]" if k in defaults else f"{k}=..." for k in needed)
+                typer.echo(f"{n:<{width}}  {desc}" + (f"  (params: {ps})" if ps else ""))
+            return
+        _check_format(fmt)
+        params = {}
+        for item in param or []:
+            if "=" not in item:
+                raise ValueError(f"--param {item!r}: expected key=value")
+            k, v = item.split("=", 1)
+            params[k.strip()] = coerce_param(v)
+        if name not in queries:
+            raise ValueError(f"no named query {name!r}; `gae query --list` shows them: {', '.join(queries)}")
+        con = connect(data_dir, read_only=True)
+        try:
+            _print(_guard(lambda: run_query(con, name, params)), fmt, max_rows)
+        finally:
+            con.close()
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+def _run(con, query: str):
+    return _guard(lambda: con.sql(query))
+
+
+def _guard(fn):
+    """Turn DuckDB's read-only refusal into one clear line."""
+    import duckdb
+
+    try:
+        return fn()
+    except duckdb.Error as exc:
+        msg = str(exc)
+        if "read-only mode" in msg:
+            raise RuntimeError(
+                "gae sql and gae query are read-only: the statement would change the database and was refused, "
+                "nothing was changed (data gets in through `gae ingest` and the pipeline)"
+            ) from None
+        raise RuntimeError(msg.strip()) from None
+
+
+def _print(rel, fmt: str, max_rows: int) -> None:
+    if rel is None:  # a statement without a result (SET, CREATE TEMP ...)
+        typer.echo("ok")
+        return
+    cols = list(rel.columns)
+    rows = _guard(rel.fetchall)
+    if fmt == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(rows)
+    elif fmt == "json":
+        typer.echo(
+            json.dumps(
+                [dict(zip(cols, r, strict=True)) for r in rows], ensure_ascii=False, indent=2, default=str
+            )
+        )
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*cols, show_lines=False)
+        for r in rows[:max_rows]:
+            table.add_row(*("NULL" if v is None else str(v) for v in r))
+        Console().print(table)
+        more = f", {max_rows} shown (--max-rows)" if len(rows) > max_rows else ""
+        typer.echo(f"{len(rows)} row{'s' if len(rows) != 1 else ''}{more}")

@@ -1,0 +1,146 @@
+-- Classify one staged chunk of records (_chunk): decode, parse, pick fields, normalise, hash.
+-- _chunk(line, record, byte_offset, raw blob, body varchar, is_json, meta, reason, detail, source): a record is
+-- either raw bytes (JSON lines; decoded here so invalid UTF-8 is caught per line) or an already
+-- decoded body (JSON text from DuckDB's readers, or plain text with is_json = false).
+-- Each record's JSON is parsed three times (json_valid, json_extract of the three fields at once,
+-- json_merge_patch for the other fields); every other step works on the small extracted values.
+create or replace temp table _classified as
+with decoded as (
+    select
+        coalesce(source, $source_uri) as source, line, record, byte_offset, raw, is_json, meta, reason, detail,
+        coalesce(body, try(decode(raw))) as s
+    from _chunk
+),
+
+parsed as (
+    select
+        *,
+        case
+            when reason is not null then reason
+            when s is null then 'invalid_utf8'
+            when is_json and not json_valid(s) then 'malformed_json'
+            -- valid JSON starting with `{` is an object: no second parse needed to tell
+            when is_json and not regexp_matches(s, '^\s*\{') then 'not_an_object'
+        end as r1
+    from decoded
+),
+
+extracted as (
+    select
+        *,
+        case when r1 is null and is_json then json_extract(s, [$text_path, $prompt_path, $reference_path]) end
+            as parts
+    from parsed
+),
+
+typed as (
+    select
+        *,
+        json_type(parts[1]) as text_type,
+        json_type(parts[2]) as prompt_type,
+        json_type(parts[3]) as reference_type
+    from extracted
+),
+
+picked as (
+    select
+        *,
+        case
+            when r1 is null and not is_json then s
+            when text_type = 'VARCHAR' then parts[1] ->> '$'
+            -- a list of strings, such as a poem's `paragraphs`, becomes one text
+            when text_type = 'ARRAY' then array_to_string(json_extract_string(parts[1], '$[*]'), $joiner)
+        end as text_value,
+        case
+            when prompt_type = 'VARCHAR' then parts[2] ->> '$'
+            when prompt_type = 'ARRAY' then array_to_string(json_extract_string(parts[2], '$[*]'), $joiner)
+        end as prompt,
+        case
+            when reference_type = 'VARCHAR' then parts[3] ->> '$'
+            when reference_type = 'ARRAY' then array_to_string(json_extract_string(parts[3], '$[*]'), $joiner)
+        end as reference
+    from typed
+),
+
+texted as (
+    select
+        *,
+        case
+            when text_value is not null then text_value
+            when prompt is not null then concat_ws(e'\n\n', prompt, reference)
+        end as text
+    from picked
+),
+
+normalised as (
+    select
+        *,
+        case
+            when r1 is null and text is not null and length(text) <= $max_chars
+                then trim(regexp_replace(
+                    -- nfc_normalize is slow (~30 MB/s): only texts holding a character that NFC could
+                    -- change go through it ($nfc_suspects, built from unicodedata in gae/ingest.py)
+                    case
+                        when strlen(text) <> length(text) and regexp_matches(text, $nfc_suspects)
+                            then nfc_normalize(text)
+                        else text
+                    end,
+                    -- fold whitespace runs into one space; matching only runs of 2+ and single non-space
+                    -- whitespace (\p{Z} adds NBSP, U+3000 and the other Unicode spaces RE2's \s leaves out)
+                    -- replaces the same runs as [\s\p{Z}]+ but 8x faster: single spaces are left alone
+                    '[\s\v\p{Z}]{2,}|[\t\n\v\f\r\x{00A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]',
+                    ' ',
+                    'g'
+                ))
+        end as norm
+    from texted
+),
+
+classified as (
+    select
+        *,
+        case
+            when r1 is not null then r1
+            when text_type not in ('VARCHAR', 'ARRAY', 'NULL') then 'bad_field_type'
+            when prompt_type not in ('VARCHAR', 'ARRAY', 'NULL') then 'bad_field_type'
+            when reference_type not in ('VARCHAR', 'ARRAY', 'NULL') then 'bad_field_type'
+            when text is null then 'missing_field'
+            when length(text) > $max_chars then 'too_large'
+            when norm = '' then 'empty_text'
+        end as why
+    from normalised
+)
+
+select
+    source,
+    line,
+    record,
+    byte_offset,
+    why as reason,
+    case
+        when why is null then null
+        when detail is not null then detail
+        when why = 'invalid_utf8' then 'not valid UTF-8'
+        when why = 'malformed_json' then 'not valid JSON'
+        when why = 'not_an_object' then 'a JSON ' || lower(json_type(s)) || ', not an object'
+        when why = 'bad_field_type' then 'field types: text ' || coalesce(text_type, 'missing')
+            || ', prompt ' || coalesce(prompt_type, 'missing') || ', reference ' || coalesce(reference_type, 'missing')
+        when why = 'missing_field' then 'no ' || $text_field_name || ' or ' || $prompt_field_name || ' field'
+        when why = 'too_large' then length(text) || ' characters, over the limit of ' || $max_chars
+        when why = 'empty_text' then 'the text is empty or only whitespace'
+    end as detail,
+    case
+        when why is null then null
+        -- a line keeps its terminator in the staged bytes; the quarantine copy does not need it
+        when s is not null then rtrim(left(s, $raw_max), e'\r\n')
+        -- invalid UTF-8: DuckDB renders the bytes with \xNN escapes
+        else left(cast(raw as varchar), $raw_max)
+    end as raw,
+    case when why is null then text end as text,
+    case when why is null then prompt end as prompt,
+    case when why is null then reference end as reference,
+    case when why is null then (case when is_json then json_merge_patch(s, $meta_remove) else meta end) end
+        as metadata,
+    -- md5: a dedup key, not a signature; 1.6x faster than sha256 here
+    case when why is null then md5(norm) end as content_hash
+from classified;

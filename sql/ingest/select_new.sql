@@ -1,0 +1,18 @@
+-- The accepted records of _classified that are new: first occurrence of each content hash in the chunk,
+-- and not already in documents (from an earlier chunk, file or run).
+create or replace temp table _new as
+with accepted as (
+    select
+        *,
+        left(content_hash, 16) as document_id
+    from _classified
+    where reason is null
+    qualify row_number() over (partition by content_hash order by line, record, byte_offset) = 1
+)
+
+select
+    *,
+    -- The split follows from the id alone, so a rerun or another machine puts a document in the same split.
+    case when ('0x' || left(document_id, 8))::ubigint % 10000 < $eval_bp then 'eval' else 'train' end as split
+from accepted as a
+where not exists (select 1 from documents as d where d.document_id = a.document_id);

@@ -1,0 +1,105 @@
+"""`gae ingest`, `gae sql`, `gae query` as a user runs them. Runtime ~10 s (two subprocesses)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gae.cli import _register_all, app
+
+_register_all()
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "a.jsonl").write_text(
+        json.dumps({"text": "First document. It is English."}) + "\n{broken\n"
+        + json.dumps({"text": "第二个文档。这是中文。"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    d = tmp_path_factory.mktemp("data")
+    res = runner.invoke(app, ["ingest", str(root), "--data-dir", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "3 records" in res.output and "inserted     2 documents" in res.output
+    assert "malformed_json  1" in res.output
+    return d
+
+
+def gae(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gae.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_sql_formats(data_dir):
+    q = "select split, count(*) as n from documents group by all order by split"
+    out = runner.invoke(app, ["sql", q, "--data-dir", str(data_dir), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)
+    assert sum(r["n"] for r in rows) == 2
+    out = runner.invoke(
+        app, ["sql", "select text from documents order by text", "--data-dir", str(data_dir), "-f", "csv"]
+    )
+    assert list(csv.reader(io.StringIO(out.output))) == [
+        ["text"],
+        ["First document. It is English."],
+        ["第二个文档。这是中文。"],
+    ]
+    out = runner.invoke(app, ["sql", "select count(*) as n from ingest_errors", "--data-dir", str(data_dir)])
+    assert out.exit_code == 0 and "1 row" in out.output
+
+
+def test_query_list_and_params(data_dir):
+    out = runner.invoke(app, ["query", "--list"])
+    assert out.exit_code == 0 and "corpus_summary" in out.output and "ingest_errors_by_reason" in out.output
+    out = runner.invoke(app, ["query", "ingest_errors_by_reason", "--data-dir", str(data_dir), "-f", "json"])
+    (row,) = json.loads(out.output)
+    assert (row["reason"], row["records"], row["first_line_or_record"]) == ("malformed_json", 1, 2)
+    out = runner.invoke(
+        app,
+        [
+            "query",
+            "prompts_by_split",
+            "--param",
+            "split=train",
+            "--param",
+            "limit=1",
+            "--data-dir",
+            str(data_dir),
+            "-f",
+            "json",
+        ],
+    )
+    assert out.exit_code == 0 and len(json.loads(out.output)) <= 1
+
+
+def test_sql_write_refused_and_nothing_changed(data_dir):
+    res = gae("sql", "delete from documents", "--data-dir", str(data_dir))
+    assert res.returncode == 1
+    assert "read-only" in res.stderr and "nothing was changed" in res.stderr and "Traceback" not in res.stderr
+    out = runner.invoke(
+        app, ["sql", "select count(*) as n from documents", "--data-dir", str(data_dir), "-f", "json"]
+    )
+    assert json.loads(out.output) == [{"n": 2}]
+
+
+def test_ingest_missing_path_exits_nonzero(tmp_path):
+    res = gae("ingest", str(tmp_path / "nope.jsonl"), "--data-dir", str(tmp_path / "d"))
+    assert res.returncode == 1 and "no such file or directory" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_query_unknown_name(data_dir):
+    res = runner.invoke(app, ["query", "nope", "--data-dir", str(data_dir)])
+    assert res.exit_code != 0 and "gae query --list" in str(res.exception)
