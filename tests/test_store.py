@@ -435,3 +435,20 @@ def test_prefect_tasks_end_to_end_paths_in_paths_out(tmp_path):
         ("p1/0", 0.0),
     ]
     assert con.sql("select avg(train_logprob) from tokens").fetchall() == [(-1.0,)]
+
+
+def test_token_text_from_the_project_tokenizer(tmp_path):
+    from gae.tokenizer import load_tokenizer, train_tokenizer
+
+    texts = ["The cat sat on the mat.", "猫坐在垫子上。", "the cat, the mat"] * 20
+    tok = load_tokenizer(train_tokenizer(texts, vocab_size=300, out_dir=tmp_path / "tok"))
+    ids = tok.encode("猫 sat.") + [tok.eos_id]
+    T = len(ids)
+    batch = make_batch(
+        mask_rows=((1,) * T,), response_tokens=torch.tensor([ids]), rollout_ids=["a"], prompt_ids=["a"]
+    )
+    write_iteration(tmp_path / "d", run_id="r", iteration=0, batch=batch, tokenizer=tok, **outputs(batch))
+    got = connect(tmp_path / "d").sql("select token from tokens order by position").fetchall()
+    # Byte-level pieces of 猫 show as U+FFFD when a token holds part of the character.
+    assert [g[0] for g in got] == tok.token_texts(ids)
+    assert len(got) == T and all(isinstance(g[0], str) for g in got)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from pathlib import Path
 
 import duckdb
 import pytest
 import torch
 
+from gae.db import connect, list_queries, query_params, run_query
 from gae.rewards import ScoreTable
 from gae.store import register_views, write_iteration
 from tests.test_store import make_batch
@@ -25,29 +26,9 @@ NAMES = [
 ]
 
 
-def _header_defaults(sql: str) -> dict[str, object]:
-    """`-- params: k=v, ...` on the second line (the convention gae.db.run_query reads)."""
-    line = sql.splitlines()[1]
-    assert line.startswith("-- params:"), "second line must list the parameters with defaults"
-    out: dict[str, object] = {}
-    for item in line.split("params:", 1)[1].split(","):
-        k, v = (s.strip() for s in item.split("="))
-        out[k] = None if v == "null" else int(v)
-    return out
-
-
 def run(con, name: str, **params) -> list[dict]:
-    sql = (QUERIES / f"{name}.sql").read_text()
-    bound = _header_defaults(sql)
-    assert set(params) <= set(bound), f"unknown params {set(params) - set(bound)}"
-    bound.update(params)
-    used = set(
-        re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", "\n".join(x.split("--")[0] for x in sql.splitlines()))
-    )
-    assert used == set(bound), (
-        f"{name}: header params {sorted(bound)} differ from $params used {sorted(used)}"
-    )
-    rel = con.sql(sql, params=bound)
+    """Through gae.db.run_query, as `gae query NAME --param k=v` runs it (header defaults fill gaps)."""
+    rel = run_query(con, name, params)
     cols = [d[0] for d in rel.description]
     return [dict(zip(cols, row, strict=True)) for row in rel.fetchall()]
 
@@ -101,7 +82,7 @@ def _write(data_dir, run_id, iteration, rows, scores, finish):
 
 
 @pytest.fixture(scope="module")
-def con(tmp_path_factory):
+def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     # Run r1 is written first, so r2 is "the run written last" that queries default to.
     _write(d, "r1", 0, [([1, 2], [9.0, 9.0], [0.0, 0.0], [1.0, 1.0], [5.0, 5.0])], [100.0], ["eos"])
@@ -119,18 +100,24 @@ def con(tmp_path_factory):
     c = ([30, 31], [0.5, -0.5], [1.0, 1.0], [2.0, 0.0], [0.2, 0.2])
     e = ([40], [7.0], [1.0], [1.0], [0.0])
     _write(d, "r2", 1, [c, e], [0.5, 2.0], ["eos", "eos"])
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    register_views(con, d)
+    connect(d).close()  # create the database (migrations): `gae sql` opens it read-only
+    return d
+
+
+@pytest.fixture(scope="module")
+def con(data_dir):
+    con = connect(data_dir, read_only=True)
     yield con
     con.close()
 
 
 def test_every_query_has_a_description_and_param_defaults():
-    assert set(NAMES) <= {p.stem for p in QUERIES.glob("*.sql")}
+    listed = list_queries()
     for name in NAMES:
-        sql = (QUERIES / f"{name}.sql").read_text()
-        assert sql.startswith("-- ") and len(sql.splitlines()[0]) > 10
-        _header_defaults(sql)
+        assert len(listed[name]) > 10, name
+        needed, defaults = query_params(name)
+        # Every $param has a header default, so `gae query NAME` runs without --param.
+        assert set(needed) == set(defaults), (name, needed, defaults)
 
 
 def test_advantage_by_position(con):
@@ -228,7 +215,24 @@ def test_queries_on_an_empty_store_return_no_rows(tmp_path):
         assert run(con, name) == [], name
 
 
-def test_gae_sql_style_query_returns_the_right_numbers(con):
-    """What `gae sql "select token, advantage from tokens order by advantage desc, token limit 3"` runs."""
-    got = con.sql("select token, advantage from tokens order by advantage desc, token limit 3").fetchall()
-    assert got == [("[1]", 9.0), ("[2]", 9.0), ("[40]", 7.0)]
+def test_gae_sql_and_gae_query_commands(data_dir):
+    """`gae sql "select token, advantage from tokens ..."` and `gae query` on a stored run."""
+    from typer.testing import CliRunner
+
+    from gae.cli import _register_all, app
+
+    if not app.registered_commands:  # another test module may have registered them already
+        _register_all()
+    d = str(data_dir)
+    sql = "select token, advantage from tokens order by advantage desc, token limit 3"
+    res = CliRunner().invoke(app, ["sql", sql, "--data-dir", d, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == [
+        {"token": "[1]", "advantage": 9.0},
+        {"token": "[2]", "advantage": 9.0},
+        {"token": "[40]", "advantage": 7.0},
+    ]
+    args = ["query", "reward_trend", "--param", "run_id=r1", "--data-dir", d, "--format", "json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert [r["mean_score"] for r in json.loads(res.output)] == [100.0]
