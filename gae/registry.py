@@ -21,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -104,35 +105,40 @@ def _prompts_of(model_input: Any) -> list[str]:
     )
 
 
-class GaePolicyModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: artifacts `policy` (model dir), `tokenizer` (tokenizer.json), `config`."""
+# MLflow warns, when the class is defined, that `predict` has no type hints. On purpose: the
+# signature is explicit (type-hint validation would refuse a DataFrame with a prompt column).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context) -> None:
-        from gae.device import resolve_device
-        from gae.models import load_model
-        from gae.tokenizer import load_tokenizer
+    class GaePolicyModel(mlflow.pyfunc.PythonModel):
+        """pyfunc wrapper: artifacts `policy` (model dir), `tokenizer` (tokenizer.json), `config`."""
 
-        self.device = resolve_device(os.environ.get("GAE_DEVICE", "auto"))
-        self.model = load_model(context.artifacts["policy"], device=self.device)
-        self.tok = load_tokenizer(context.artifacts["tokenizer"])
-        cfg = context.artifacts.get("config")
-        self.config = json.loads(Path(cfg).read_text()) if cfg else {}
+        def load_context(self, context) -> None:
+            from gae.device import resolve_device
+            from gae.models import load_model
+            from gae.tokenizer import load_tokenizer
 
-    def predict(self, context, model_input, params=None):
-        from gae.rollout import generate_text
+            self.device = resolve_device(os.environ.get("GAE_DEVICE", "auto"))
+            self.model = load_model(context.artifacts["policy"], device=self.device)
+            self.tok = load_tokenizer(context.artifacts["tokenizer"])
+            cfg = context.artifacts.get("config")
+            self.config = json.loads(Path(cfg).read_text()) if cfg else {}
 
-        p = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
-        seed = int(p["seed"])
-        return generate_text(
-            self.model,
-            self.tok,
-            _prompts_of(model_input),
-            max_new_tokens=int(p["max_new_tokens"]),
-            temperature=float(p["temperature"]),
-            top_p=float(p["top_p"]),
-            seed=None if seed < 0 else seed,
-            device=self.device,
-        )
+        def predict(self, context, model_input, params=None):
+            from gae.rollout import generate_text
+
+            p = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
+            seed = int(p["seed"])
+            return generate_text(
+                self.model,
+                self.tok,
+                _prompts_of(model_input),
+                max_new_tokens=int(p["max_new_tokens"]),
+                temperature=float(p["temperature"]),
+                top_p=float(p["top_p"]),
+                seed=None if seed < 0 else seed,
+                device=self.device,
+            )
 
 
 @dataclass
@@ -144,6 +150,7 @@ class Registration:
     champion_version: int
     champion_score: float | None  # the champion's score before this version (None: there was none)
     promoted: bool
+    aliases: list[str]  # the aliases this version holds now
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -263,12 +270,11 @@ def log_and_register(
         champion_version=champ_version,
         champion_score=champ_score,
         promoted=promoted,
+        aliases=[CANDIDATE, CHAMPION] if champ_version == int(mv.version) else [CANDIDATE],
     )
 
 
 def _log_model(artifacts: dict[str, str]):
-    import warnings
-
     with warnings.catch_warnings():
         # The signature is explicit, so MLflow's hints about type hints and input examples
         # (which would trigger inference we avoid on purpose) are noise here.

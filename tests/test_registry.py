@@ -103,6 +103,7 @@ def test_champion_moves_only_on_improvement(data_dir, policy_dir):
     r4 = log_and_register(policy_dir, "p", eval_score=0.7, data_dir=data_dir, source="r:3")  # better
     assert (r1.promoted, r2.promoted, r3.promoted, r4.promoted) == (True, False, False, True)
     assert (r2.champion_version, r3.champion_version, r4.champion_version) == (1, 1, 4)
+    assert r2.aliases == ["candidate"] and r4.aliases == ["candidate", "champion"]
     client = MlflowClient(tracking_uri=f"sqlite:///{data_dir.mlflow_db}")
     assert int(client.get_model_version_by_alias("p", "champion").version) == 4
     assert int(client.get_model_version_by_alias("p", "candidate").version) == 4
