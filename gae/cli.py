@@ -49,8 +49,17 @@ def main() -> None:
         # User-facing errors are one clear line; the trace is behind --debug.
         if debug:
             raise
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {one_line(exc)}", err=True, fg=typer.colors.RED)
         raise SystemExit(1) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """A user-facing error as one line; pydantic's multi-line reports become `field: problem; ...`."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in errors()]
+        return f"invalid {getattr(exc, 'title', 'config')}: " + "; ".join(parts)
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

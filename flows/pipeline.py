@@ -1,0 +1,156 @@
+"""`rl-pipeline`: corpus -> DuckDB -> pretraining -> [rollouts -> rewards -> advantages ->
+store -> PPO -> log -> evaluation -> registration] x iterations. Wiring only: every step is
+a task in `tasks/`, and tasks pass paths and ids, never tensors or frames.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+
+from gae.config import PipelineConfig
+from tasks.advantages import compute_advantages
+from tasks.ingest import ingest_task
+from tasks.pipeline import (
+    complete_iteration,
+    evaluate_policy_task,
+    finish_run,
+    log_iteration,
+    publish_iteration,
+    start_run,
+)
+from tasks.pretrain import pretrain_task
+from tasks.register import register_policy
+from tasks.rewards import score_rollouts
+from tasks.rollout import rollout_task
+from tasks.store import fill_train_logprobs, store_iteration
+from tasks.train import train_iteration
+
+
+@flow(name="rl-iteration", log_prints=True)
+def rl_iteration(
+    cfg: dict, data_dir: str, run: dict, iteration: int, base: dict, policy_dir: str, kl_coef: float
+) -> dict:
+    """One PPO iteration; returns the new checkpoint, the next KL coefficient and the metrics."""
+    from gae.paths import DataDir
+
+    dd = DataDir.resolve(data_dir)
+    it_dir = dd.iteration_dir(run["run_id"], iteration)
+    stage = str(it_dir / "stage")  # store files wait here until the iteration is complete
+    t0 = time.perf_counter()
+    batch_dir = rollout_task(
+        data_dir,
+        policy_dir,
+        base["model_dir"],
+        base["tokenizer"],
+        cfg["rollout"],
+        n_prompts=cfg["prompts_per_iteration"],
+        seed=cfg["seed"] * 100_003 + iteration,
+        out_dir=str(it_dir / "batch"),
+        device=cfg["device"],
+    )
+    scores_path = score_rollouts(batch_dir, cfg["rewards"])
+    adv = compute_advantages(
+        batch_dir, scores_path, cfg["advantages"], cfg["shaping"], kl_coef=kl_coef, device=cfg["device"]
+    )
+    stored = store_iteration(
+        stage, run["run_id"], iteration, batch_dir, scores_path, adv["path"], base["tokenizer"]
+    )
+    trained = train_iteration(
+        data_dir,
+        run["run_id"],
+        iteration,
+        policy_dir,
+        batch_dir,
+        adv["path"],
+        cfg["ppo"],
+        cfg["shaping"],
+        kl_coef=kl_coef,
+        mean_kl=adv["mean_kl"],
+        total_iterations=cfg["iterations"],
+        device=cfg["device"],
+    )
+    fill_train_logprobs(stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
+    ev = evaluate_policy_task(
+        data_dir, trained["model_dir"], base["tokenizer"], cfg["rewards"], cfg["eval"], cfg["device"]
+    )
+    metrics = {**trained["metrics"], **{f"eval/{k}/mean": v for k, v in ev["components"].items()}}
+    metrics["eval/reward/mean"] = ev["reward_mean"]
+    metrics["timing_s/iteration"] = time.perf_counter() - t0
+    log_iteration(data_dir, run, iteration, metrics, ev["samples"], cfg["registry"]["experiment"])
+    publish_iteration(data_dir, stage, run["run_id"], iteration)
+    summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    summary["stored_tokens"] = stored.get("token_rows")
+    complete_iteration(data_dir, run["run_name"], iteration, summary)
+    return {
+        "checkpoint": trained["checkpoint"],
+        "model_dir": trained["model_dir"],
+        "kl_coef": trained["kl_coef"],
+        "metrics": summary,
+    }
+
+
+@flow(name="rl-pipeline", log_prints=True)
+def rl_pipeline(config: PipelineConfig | None = None) -> dict:
+    """The whole workflow on one data directory; a rerun of the same command resumes."""
+    from gae.lock import writer_lock
+    from gae.paths import DataDir
+
+    config = config or PipelineConfig()
+    cfg = config.model_dump(mode="json")
+    dd = DataDir.resolve(config.data_dir).ensure()
+    data_dir = str(dd.root)
+    logger = get_run_logger()
+    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"):
+        summary = ingest_task(data_dir, config.corpus, cfg["ingest"])
+        base = pretrain_task(data_dir, cfg["model"], cfg["pretrain"], device=config.device)
+        run = start_run(data_dir, cfg, resume=config.resume)
+        logger.info(
+            "run %s (%s), iterations %d..%d",
+            run["run_id"],
+            "resumed" if run["resumed"] else "new",
+            run["start_iteration"],
+            config.iterations - 1,
+        )
+        policy_dir = run["model_dir"] or base["model_dir"]
+        kl_coef = run["kl_coef"] if run["kl_coef"] is not None else config.shaping.kl.coef
+        history = []
+        try:
+            if run["start_iteration"] == 0:
+                # The pretrained policy's eval reward: the number every iteration is compared with.
+                ev = evaluate_policy_task(
+                    data_dir, base["model_dir"], base["tokenizer"], cfg["rewards"], cfg["eval"], config.device
+                )
+                base = {**base, "eval_reward": ev["reward_mean"]}
+                log_iteration(
+                    data_dir,
+                    run,
+                    0,
+                    {"eval/reward_baseline": ev["reward_mean"]},
+                    ev["samples"],
+                    cfg["registry"]["experiment"],
+                )
+            for it in range(run["start_iteration"], config.iterations):
+                out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef)
+                policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
+                history.append(out["metrics"])
+            registered = None
+            if config.registry.enabled:
+                registered = register_policy(data_dir, run, policy_dir, base["tokenizer"], cfg)
+            finish_run(data_dir, run, cfg["registry"]["experiment"], "finished")
+        except BaseException:
+            finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
+            raise
+    return {
+        "run_id": run["run_id"],
+        "mlflow_run_id": run["mlflow_run_id"],
+        "ingest": summary,
+        "base": base,
+        "iterations": history,
+        "registered": registered,
+    }
+
+
+if __name__ == "__main__":
+    rl_pipeline()

@@ -1,0 +1,205 @@
+"""The pipeline's configuration: one pydantic model, so the Prefect UI shows a form and
+bad values are refused before a run starts.
+
+Sources, later wins: a preset (`smoke`, `default`), a YAML file, `--set a.b=value`
+overrides from the CLI. The resolved config is saved with every run (MLflow params and
+artifact), checkpoint and Parquet file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gae.advantages import Estimator
+from gae.ingest import IngestConfig
+from gae.models import ModelConfig
+from gae.pretrain import PretrainConfig
+from gae.rewards import RewardComponent, RewardConfig
+from gae.rollout import RolloutConfig
+from gae.shaping import ShapingConfig
+from gae.train import PPOConfig
+
+
+class AdvantageConfig(BaseModel):
+    """How per-token advantages are estimated (advantages-spec.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    estimator: Estimator = Field(
+        Estimator.GAE,
+        description="Estimator by name: gae, uniform, power, grpo, dr_grpo, rloo, reinforce_plus_plus.",
+    )
+    gamma: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Discount. 1.0 is the LM-RLHF convention: the episode is one response.",
+    )
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda (exponential weighting).")
+    horizon: int | None = Field(None, ge=1, description="Horizon H for the uniform and power weightings.")
+    p: float | None = Field(None, ge=0.0, description="Exponent of the power weighting, w_k ∝ k^-p.")
+    bootstrap_truncated: bool = Field(
+        False,
+        description="Bootstrap rows cut at max_new_tokens from the critic's last value instead of treating them as terminal.",
+    )
+
+
+class RegistryConfig(BaseModel):
+    """Where trained policies go in the MLflow model registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(
+        "gae-policy",
+        description="Registered model name; versions get alias `candidate`, the best `champion`.",
+    )
+    enabled: bool = Field(True, description="Register a version of the policy after the final iteration.")
+    experiment: str = Field("gaeflow", description="MLflow experiment name.")
+
+
+def _deep_update(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ValueError(f"--set {dotted}: {k!r} is not a section")
+    cur[keys[-1]] = value
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation after each iteration: the same prompts and seed every time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_prompts: int = Field(32, ge=1, description="Eval prompts (split 'eval'), a fixed seeded sample.")
+    max_new_tokens: int = Field(32, ge=1, description="Generation length at evaluation.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature at evaluation (0: greedy).")
+    seed: int = Field(1234, description="Seed of the prompt sample and of sampling; fixed across iterations.")
+
+
+def default_rewards() -> RewardConfig:
+    """The embedded demo's reward, the seeds' two families: sentence structure (end at a
+    sentence boundary, a length window) and similarity to the passage's continuation (chrF).
+    Structure moves within a few PPO iterations of a small model; chrF keeps the text on topic."""
+    return RewardConfig(
+        components=[
+            RewardComponent(name="ends_sentence", weight=0.5),
+            RewardComponent(
+                name="length_window", weight=0.3, options={"min_length": 6, "max_length": 24, "slack": 8}
+            ),
+            RewardComponent(name="chrf", weight=0.2, options={}),
+        ]
+    )
+
+
+class PipelineConfig(BaseModel):
+    """Everything `rl-pipeline` needs; each section is the config of one stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(
+        "default", description="The preset these values started from (recorded, not applied)."
+    )
+    data_dir: str | None = Field(None, description="Data directory (default: GAE_DATA_DIR or ./gae-data).")
+    run_name: str = Field(
+        "default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Runs of one name resume each other."
+    )
+    resume: bool = Field(
+        True, description="Continue an unfinished run of the same name and config instead of starting anew."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
+    seed: int = Field(0, description="Seed of prompt sampling and rollouts.")
+    corpus: list[str] | None = Field(
+        None, description="Files, folders or globs to ingest; None: the embedded default corpus."
+    )
+    iterations: int = Field(4, ge=1, description="PPO iterations.")
+    prompts_per_iteration: int = Field(
+        32, ge=1, description="Train prompts sampled per iteration (x rollout.n_samples rows)."
+    )
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("small"))
+    pretrain: PretrainConfig = Field(default_factory=lambda: PretrainConfig.preset("small"))
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: RewardConfig = Field(default_factory=default_rewards)
+    shaping: ShapingConfig = Field(default_factory=ShapingConfig)
+    advantages: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if self.advantages.estimator.needs_critic is False and self.rollout.n_samples < 2:
+            raise ValueError(
+                f"advantages.estimator={self.advantages.estimator.value} compares samples of one prompt: "
+                "set rollout.n_samples >= 2"
+            )
+        if self.advantages.estimator.value in ("uniform", "power") and self.advantages.horizon is None:
+            raise ValueError(
+                f"advantages.estimator={self.advantages.estimator.value} needs advantages.horizon"
+            )
+        return self
+
+
+PRESETS: dict[str, dict] = {
+    # Whole pipeline on CPU in under a minute: tests and first contact.
+    "smoke": {
+        "iterations": 2,
+        "prompts_per_iteration": 8,
+        "model": ModelConfig.preset("tiny").model_dump(),
+        "pretrain": PretrainConfig.preset("tiny").model_dump(),
+        "rollout": {"n_samples": 2, "max_new_tokens": 16, "batch_size": 64},
+        "eval": {"n_prompts": 8, "max_new_tokens": 16},
+        "ppo": {"epochs": 1, "minibatches": 1},
+    },
+    # The embedded demo of `make run`: under 5 minutes on a 2-core CPU, reward rising.
+    "default": {},
+}
+
+
+def preset_dict(name: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return {**PRESETS[name], "preset": name}
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` with the value parsed as YAML (numbers, booleans, lists, null)."""
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. ppo.epochs=2")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(
+    *, preset: str = "default", path: str | Path | None = None, overrides: dict | list[str] | None = None
+) -> PipelineConfig:
+    """Preset, then the YAML file at `path`, then overrides (a dict, or `a.b=value` strings)."""
+    data = preset_dict(preset)
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{p}: a config file is a YAML mapping, got {type(loaded).__name__}")
+        data = _deep_update(data, loaded)
+    if isinstance(overrides, list):
+        for item in overrides:
+            k, v = parse_override(item)
+            _set_path(data, k, v)
+    elif overrides:
+        data = _deep_update(data, {k: v for k, v in overrides.items() if v is not None})
+    return PipelineConfig.model_validate(data)

@@ -1,0 +1,86 @@
+"""The `gae` command line: instant help (no heavy imports), one-line errors, status, run's lock check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from gae.cli import _register_all, app
+
+HEAVY = ("torch", "prefect", "mlflow", "duckdb", "polars", "numba")
+
+
+def test_help_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "sys.argv = ['gae', '--help']\n"
+        "from gae.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="  # none of the heavy modules was imported
+    for cmd in ("run", "ingest", "sql", "query", "models", "generate", "serve", "status"):
+        assert cmd in out.stdout, cmd
+
+
+def test_status_lists_runs_from_state_files(tmp_path):
+    from gae.runstate import RunState
+
+    st = RunState(
+        run_name="demo", run_id="demo-1", config_hash="x", last_completed_iteration=1, status="finished"
+    )
+    st.history = [{"iteration": 1, "eval/reward/mean": 0.5, "actor/ppo_kl": 0.01}]
+    (tmp_path / "runs").mkdir()
+    st.save(tmp_path / "runs")
+    _register_all()
+    res = CliRunner().invoke(app, ["status", "--data-dir", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    runs = json.loads(res.output)
+    assert runs[0]["run_id"] == "demo-1" and runs[0]["history"][0]["eval/reward/mean"] == 0.5
+    res = CliRunner().invoke(app, ["status", "--data-dir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert "demo-1" in res.output and "finished" in res.output
+
+
+def test_run_fails_fast_when_another_run_holds_the_data_dir(tmp_path):
+    from gae.lock import writer_lock
+    from gae.paths import DataDir
+
+    dd = DataDir.resolve(tmp_path).ensure()
+    env = {**os.environ, "GAE_DATA_DIR": str(dd.root)}
+    with writer_lock(dd.lock, what="rl-pipeline run other"):
+        out = subprocess.run(
+            [sys.executable, "-m", "gae.cli", "run", "--preset", "smoke"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    assert out.returncode == 1
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1, out.stderr  # one clear line, no trace
+    assert f"in use by pid {os.getpid()}" in err[0] and "rl-pipeline run other" in err[0]
+
+
+def test_bad_config_value_is_one_line(tmp_path):
+    _register_all()
+    res = CliRunner().invoke(app, ["run", "--data-dir", str(tmp_path), "--set", "iterations=0"])
+    assert res.exit_code != 0
+    assert "iterations" in str(res.exception)
+
+
+def test_validation_errors_become_one_line():
+    from gae.cli import one_line
+    from gae.config import load_config
+
+    try:
+        load_config(overrides=["iterations=0", "rollout.top_p=2"])
+    except ValueError as exc:
+        line = one_line(exc)
+    assert "\n" not in line
+    assert "iterations: Input should be greater than or equal to 1" in line and "rollout.top_p" in line
