@@ -279,12 +279,20 @@ def _line_chunk(buf: bytes, first_line: int, base_offset: int) -> pa.Table:
     raw = pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(buf)]
     )
+
+    # from_buffers, not pa.array(ndarray): that imports pandas (1.4 s) on first use
+    def i64(a):
+        return pa.Array.from_buffers(
+            pa.int64(), n, [None, pa.py_buffer(np.ascontiguousarray(a, dtype=np.int64))]
+        )
+
+    ones = np.packbits(np.ones(n, bool), bitorder="little")
     return _stage(
         n,
-        line=pa.array(np.arange(first_line, first_line + n, dtype=np.int64)),
-        byte_offset=pa.array(starts + base_offset),
+        line=i64(np.arange(first_line, first_line + n)),
+        byte_offset=i64(starts + base_offset),
         raw=raw,
-        is_json=pa.array(np.ones(n, dtype=bool)),
+        is_json=pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(ones)]),
     )
 
 
@@ -497,6 +505,7 @@ def _text_record(data: bytes, line: int, record: int, offset: int, cfg: IngestCo
 # because Python's \s is Unicode-wide and RE2's is ASCII.
 BOUNDARY = r"""(?s).*(?:[.!?]["'”’)\]]*[ \t\n\r\f\v]|[。！？][”’」』）]*|\n[ \t\n\r\f\v]*\n)"""
 WS = " \t\n\r\f\v\u00a0\u3000"
+TRIM = "^[ \\t\\n\\r\\f\\v\\x{00A0}\\x{3000}]+|[ \\t\\n\\r\\f\\v\\x{00A0}\\x{3000}]+$"  # WS at either end, in RE2
 
 
 def cut_passages(
@@ -754,9 +763,15 @@ class _Writer:
     ) -> int:
         """Classify and insert one chunk (records of `source_uri`, or of each row's `source`);
         add its counts to the per-source summaries; return the number of prompts inserted."""
+        import pyarrow as pa
+
         con = self.con
         params = dict(self.params, source_uri=source_uri)
-        con.register("_chunk_src", chunk)
+        # record batches of 8k rows (zero-copy slices): DuckDB scans an Arrow table batch-parallel,
+        # so one big batch would run the whole pipeline on one core
+        con.register(
+            "_chunk_src", pa.Table.from_batches(chunk.to_batches(max_chunksize=8192), schema=chunk.schema)
+        )
         try:
             # blank lines of JSON-lines files are not records (short-circuit: only short lines are decoded)
             con.execute(
@@ -796,7 +811,7 @@ class _Writer:
         cfg, con = self.cfg, self.con
         params = {
             "boundary": "^" + BOUNDARY,
-            "ws": WS,
+            "trim": TRIM,
             "prompt_chars": cfg.prompt_chars,
             "reference_chars": cfg.reference_chars,
             "min_prompt_chars": cfg.min_prompt_chars,
@@ -810,17 +825,21 @@ class _Writer:
         total = 0
         for k in range(cfg.max_prompts_per_document):
             _exec(con, "cut_prompts", params)
+            ok = "length(prompt) >= $min_p and length(reference) >= $min_r"
+            lims = {"min_p": cfg.min_prompt_chars, "min_r": cfg.min_reference_chars}
             (n,) = con.execute(
                 "insert into prompts (prompt_id, document_id, prompt, reference, split, origin, ingest_id) "
                 "select document_id || '-' || $k, document_id, prompt, reference, split, 'cut', $ingest_id "
-                "from _cut_step",
-                {"k": k, "ingest_id": self.ingest_id},
+                f"from _cut_step where {ok}",
+                {"k": k, "ingest_id": self.ingest_id, **lims},
             ).fetchone()
             total += n
             if n == 0:
                 break
             con.execute(
-                "create or replace temp table _cut_state as select document_id, split, text, n, pos from _cut_step"
+                "create or replace temp table _cut_state as select document_id, split, text, n, pos "
+                f"from _cut_step where {ok}",
+                lims,
             )
         con.execute("drop table if exists _cut_state")
         con.execute("drop table if exists _cut_step")

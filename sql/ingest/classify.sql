@@ -72,12 +72,17 @@ texted as (
     from picked
 ),
 
-normalised as (
+folded as (
     select
         *,
         case
+            -- ASCII text with no whitespace but single spaces is already folded (contains() is a memchr)
+            when r1 is null and text is not null and length(text) <= $max_chars and strlen(text) = length(text)
+                and not (contains(text, '  ') or contains(text, e'\n') or contains(text, e'\t')
+                    or contains(text, e'\r') or contains(text, chr(11)) or contains(text, chr(12)))
+                then text
             when r1 is null and text is not null and length(text) <= $max_chars
-                then trim(regexp_replace(
+                then regexp_replace(
                     -- nfc_normalize is slow (~30 MB/s): only texts holding a character that NFC could
                     -- change go through it ($nfc_suspects, built from unicodedata in gae/ingest.py)
                     case
@@ -91,9 +96,18 @@ normalised as (
                     '[\s\v\p{Z}]{2,}|[\t\n\v\f\r\x{00A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]',
                     ' ',
                     'g'
-                ))
-        end as norm
+                )
+        end as folded
     from texted
+),
+
+normalised as (
+    select
+        *,
+        -- after folding at most one space is left at either end; trim() scans the whole string, so
+        -- only the few texts that need it pay for it
+        case when starts_with(folded, ' ') or ends_with(folded, ' ') then trim(folded) else folded end as norm
+    from folded
 ),
 
 classified as (

@@ -14,9 +14,10 @@ with windowed as (
 prompted as (
     select
         *,
+        -- trimmed with a regexp: trim(s, chars) is 2x slower here
+        regexp_replace(p_raw, $trim, '', 'g') as prompt,
         pos + length(p_raw) as pe
     from windowed
-    where length(trim(p_raw, $ws)) >= $min_prompt_chars
 ),
 
 referenced as (
@@ -27,6 +28,13 @@ referenced as (
             else regexp_extract(substr(text, pe + 1, $reference_chars), $boundary)
         end as r_raw
     from prompted
+),
+
+trimmed as (
+    select
+        *,
+        regexp_replace(r_raw, $trim, '', 'g') as reference
+    from referenced
 )
 
 select
@@ -35,7 +43,8 @@ select
     text,
     n,
     pe + length(r_raw) as pos,
-    trim(p_raw, $ws) as prompt,
-    trim(r_raw, $ws) as reference
-from referenced
-where length(trim(r_raw, $ws)) >= $min_reference_chars;
+    prompt,
+    reference
+from trimmed;
+-- No filter on prompt/reference here: DuckDB would push it below the projections and compute the
+-- regexps and trims twice. The caller filters the materialized rows (length >= the minimums).
