@@ -200,14 +200,15 @@ class Tracker:
             "gae.checkpoints": str(dd.run_dir(run_id) / "checkpoints"),
             **(tags or {}),
         }
-        if found is not None:
-            rid = found.info.run_id
-            client.update_run(rid, status="RUNNING")
-            client.set_tag(rid, "gae.resumed_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        else:
+        if found is None:
             rid = client.create_run(exp_id, run_name=run_name or run_id, tags=lineage).info.run_id
-        tracker = cls(client, rid, dd)
-        tracker.set_tags(lineage)
+            return cls(client, rid, dd)
+        tracker = cls(client, found.info.run_id, dd)
+        if found.info.status != "RUNNING":  # a real resume, not another task of the same live run
+            client.update_run(tracker.run_id, status="RUNNING")
+            tracker.set_tags(
+                {**lineage, "gae.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            )
         return tracker
 
     def finish(self, status: str = "FINISHED") -> None:
