@@ -46,3 +46,22 @@ def autocast(device: torch.device, *, bf16: bool = False):
     if bf16 and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def configure_threads(n: int | str | None = "auto") -> int:
+    """Set torch's intra-op threads for an entry point (CLI, flow, benchmark); never called on import.
+
+    "auto": 1 thread on machines with at most 2 CPUs, torch's default elsewhere. On a 2-core
+    machine shared with other processes, a second intra-op thread makes the small models here
+    5-10x slower, not faster (every op waits at a barrier for the busy core; bench/RESULTS.md).
+    None leaves torch's setting alone. Returns the thread count in effect.
+    """
+    import os
+
+    if n == "auto":
+        n = 1 if (os.cpu_count() or 1) <= 2 else None
+    if n is not None:
+        if int(n) < 1:
+            raise ValueError(f"threads must be >= 1, got {n}")
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()

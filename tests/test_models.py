@@ -213,3 +213,21 @@ def test_gru_rejects_right_padding():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown model preset"):
         ModelConfig.preset("huge")
+
+
+def test_resolve_device_and_threads():
+    from gae.device import configure_threads, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == (
+        "cuda" if torch.cuda.is_available() else resolve_device("auto").type
+    )
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("tpu-ish")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert configure_threads(None) == torch.get_num_threads()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        configure_threads(0)
