@@ -412,11 +412,15 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Ta
             1, raw=[_peek(path, cfg.raw_max_chars)], is_json=[False], reason=["unreadable"], detail=[str(exc)]
         )
     bad = con.sql(
-        """select line::bigint as line, null::bigint as record, byte_position::bigint as byte_offset,
-                  null::blob as raw, csv_line::varchar as body, false as is_json, null::varchar as meta,
-                  case when error_type = 'INVALID UNICODE' then 'invalid_utf8' else 'malformed_csv' end as reason,
-                  error_message::varchar as detail, null::varchar as source
-           from _csv_rejects"""
+        # DuckDB may report several errors for one line: one quarantined record per line
+        """select line::bigint as line, null::bigint as record, min(byte_position)::bigint as byte_offset,
+                  null::blob as raw, any_value(csv_line)::varchar as body, false as is_json, null::varchar as meta,
+                  case when bool_or(error_type::varchar ilike '%unicode%' or error_type::varchar ilike '%encoding%')
+                       then 'invalid_utf8' else 'malformed_csv' end as reason,
+                  string_agg(distinct error_message, '; ')::varchar as detail, null::varchar as source
+           from _csv_rejects
+           group by line
+           order by line"""
     ).to_arrow_table()
     return pa.concat_tables([good, bad.cast(good.schema)])
 
@@ -851,15 +855,20 @@ def _chunks(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> It
     size = path.stat().st_size
     if fmt == "jsonl" or (fmt == "json" and _json_kind(path) == "lines"):
         yield from _jsonl_chunks(path, cfg.chunk_bytes)
-    elif fmt == "json":
-        yield (
-            (_json_array(con, path, cfg) if _json_kind(path) == "array" else _whole_file_error(path, cfg)),
-            size,
-        )
-    elif fmt == "csv":
-        yield _csv(con, path, cfg), size
-    elif fmt == "parquet":
-        yield _parquet(con, path, cfg), size
+    elif fmt in ("json", "csv", "parquet"):
+        # DuckDB's readers run on a cursor of their own: a reader error (a malformed file) must not
+        # abort the file's transaction on the main connection, it becomes a quarantined record
+        cur = con.cursor()
+        try:
+            if fmt == "json":
+                kind = _json_kind(path)
+                yield (_json_array(cur, path, cfg) if kind == "array" else _whole_file_error(path, cfg)), size
+            elif fmt == "csv":
+                yield _csv(cur, path, cfg), size
+            else:
+                yield _parquet(cur, path, cfg), size
+        finally:
+            cur.close()
     else:
         yield _text(path, cfg), size
 

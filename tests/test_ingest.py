@@ -361,3 +361,52 @@ def test_prefect_task_returns_summary_not_data(tmp_path):
     assert out["inserted"] == 1 and out["quarantined_by_reason"] == {"malformed_json": 1}
     assert out["ingest_id"].startswith("ingest-") and "sources" not in out
     json.dumps(out)  # JSON-able
+
+
+def test_csv_rejects_bad_array_single_object_bom(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "one.json").write_text('{\n  "text": "A pretty printed single object.",\n  "k": 1\n}\n')
+    (tmp_path / "badarr.json").write_text('[{"text": "ok one"}, {"text": broken}]')
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "BOM first line works."}\n')
+    (tmp_path / "b.csv").write_bytes(
+        b'id,text\n1,"good row here"\n2,"bad \xff row"\n3,x,y,z\n4,last good row\n'
+    )
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["gz parquet row"]}), buf)
+    (tmp_path / "p.parquet.gz").write_bytes(gzip.compress(buf.getvalue()))
+    s = ingest([tmp_path], data_dir=tmp_path / "d")
+    # csv 4 data rows (2 ok, 1 invalid UTF-8, 1 with too many columns), the array file quarantined whole
+    # (it is not valid JSON), one object, one BOM line, one Parquet row: 4 + 1 + 1 + 1 + 1 = 8
+    assert (s.records, s.inserted) == (8, 5)
+    assert s.quarantined_by_reason == {"invalid_utf8": 1, "malformed_csv": 1, "malformed_json": 1}
+    con = connect(tmp_path / "d", read_only=True)
+    try:
+        errs = con.execute(
+            "select reason, line, byte_offset from ingest_errors order by source_uri, line"
+        ).fetchall()
+        texts = {r[0] for r in con.execute("select text from documents").fetchall()}
+    finally:
+        con.close()
+    assert errs == [("invalid_utf8", 3, 29), ("malformed_csv", 4, 44), ("malformed_json", 1, 30)]
+    assert {
+        "A pretty printed single object.",
+        "BOM first line works.",
+        "gz parquet row",
+        "last good row",
+    } <= texts
+
+
+@pytest.mark.slow
+def test_ingest_corpus_flow(prefect_api, tmp_path):
+    from flows.ingest import ingest_corpus
+    from gae.lock import read_holder
+
+    f = tmp_path / "f.jsonl"
+    f.write_bytes(jl({"text": "Run through the flow. It takes the writer lock."}) + jl({"text": ""}))
+    out = ingest_corpus(paths=[str(f)], data_dir=str(tmp_path / "d"))
+    assert (out["inserted"], out["quarantined_by_reason"]) == (1, {"empty_text": 1})
+    assert read_holder(tmp_path / "d" / ".writer.lock") == {}  # released
