@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -28,11 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gae.batch import RolloutBatch  # noqa: E402
+from gae.db import run_query  # noqa: E402
 from gae.rewards import ScoreTable  # noqa: E402
 from gae.store import register_views, tokens_frame, write_iteration  # noqa: E402
 
-QUERY_DIR = Path(__file__).resolve().parents[1] / "sql" / "queries"
-# The per-token named queries (other files in sql/queries/ read the corpus tables).
+# The per-token named queries (sql/queries/<name>.sql; the others there read the corpus tables),
+# run with their header defaults: the run written last, all iterations.
 QUERIES = (
     "advantage_by_position",
     "top_tokens",
@@ -86,20 +86,6 @@ def median(fn, repeat: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return sorted(ts)[len(ts) // 2]
-
-
-def bind(sql: str, params: dict | None = None) -> dict:
-    """Header defaults (`-- params: k=v`) overridden by `params`, as gae.db.run_query binds them."""
-    out: dict = {}
-    line = sql.splitlines()[1]
-    for item in line.split("params:", 1)[1].split(","):
-        k, v = (s.strip() for s in item.split("="))
-        out[k] = None if v == "null" else int(v)
-    out.update(params or {})
-    used = set(
-        re.findall(r"(?<![\w$])\$([A-Za-z_]\w*)", "\n".join(x.split("--")[0] for x in sql.splitlines()))
-    )
-    return {k: v for k, v in out.items() if k in used}
 
 
 def main() -> None:
@@ -185,10 +171,8 @@ def main() -> None:
         )
         worst = 0.0
         for name in QUERIES:
-            sql = (QUERY_DIR / f"{name}.sql").read_text()
-            params = bind(sql)
-            con.sql(sql, params=params).fetchall()  # warm-up: file metadata, page cache
-            t = median(lambda: con.sql(sql, params=params).fetchall(), args.repeat)
+            run_query(con, name, {}).fetchall()  # warm-up: file metadata, page cache
+            t = median(lambda: run_query(con, name, {}).fetchall(), args.repeat)
             worst = max(worst, t)
             print(f"  {name:28s} {t:7.3f} s")
         print(f"  {'slowest':28s} {worst:7.3f} s  (target < 1 s)")

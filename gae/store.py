@@ -137,15 +137,21 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
+def _keep(mask: np.ndarray) -> np.ndarray:
+    """(B, T) bool: positions 0..last action token of each row (the rows the tokens table holds)."""
+    B, T = mask.shape
+    if T == 0:
+        return np.zeros((B, 0), dtype=bool)
+    # argmax over the reversed bool rows finds the last True without an int64 (B, T) temporary.
+    last = np.where(mask.any(1), T - 1 - mask[:, ::-1].argmax(1), -1)
+    return np.arange(T)[None, :] <= last[:, None]
+
+
 def _token_rows(batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(keep (B, T) bool, row index, position) of the token rows, in (row, position) order."""
-    mask = _np(batch.action_mask).astype(bool)
-    B, T = mask.shape
-    ar = np.arange(T, dtype=np.int32)
-    last = np.where(mask, ar, -1).max(axis=1) if T else np.full(B, -1)
-    keep = ar[None, :] <= last[:, None]
-    counts = last.astype(np.int64) + 1
-    row = np.repeat(np.arange(B, dtype=np.int64), counts)
+    keep = _keep(_np(batch.action_mask.bool()))
+    counts = keep.sum(1).astype(np.int64)
+    row = np.repeat(np.arange(keep.shape[0], dtype=np.int64), counts)
     return keep, row, _positions(counts)
 
 
@@ -165,6 +171,11 @@ def _check_bt(name: str, x: torch.Tensor | None, shape: tuple[int, int]) -> None
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected {shape} (the batch's (B, T))")
 
 
+def _flat(x: torch.Tensor) -> np.ndarray:
+    """(B, T) tensor -> (B*T,) numpy view (a copy only when it is on a GPU or not contiguous)."""
+    return x.detach().cpu().contiguous().view(-1).numpy()
+
+
 def tokens_frame(
     batch,
     *,
@@ -175,46 +186,78 @@ def tokens_frame(
     tokenizer=None,
     train_logprobs: torch.Tensor | None = None,
 ):
-    """The tokens table of one batch as a Polars frame (file columns only, schema order)."""
+    """The tokens table of one batch as a Polars frame (file columns only, schema order).
+
+    One Polars pass over zero-copy views of the (B, T) tensors: filtering and gathering in
+    Polars is about 2-3x faster here than numpy boolean indexing, whose fresh arrays pay
+    first-touch page faults on every call (Polars' allocator reuses its memory).
+    """
     import polars as pl
 
-    keep, row, pos = _token_rows(batch)
-    n = len(row)
-    row_ids = pl.Series(batch.rollout_ids, dtype=pl.String)
-    prompt_ids = pl.Series(batch.prompt_ids, dtype=pl.String)
-    token_ids = _np(batch.response_tokens)[keep]
-    if tokenizer is not None:
-        texts = tokenizer.token_texts([int(t) for t in token_ids])
-        if len(texts) != n:
-            raise ValueError(f"tokenizer.token_texts returned {len(texts)} texts for {n} ids")
-        token = pl.Series(texts, dtype=pl.String)
-    else:
-        token = pl.repeat(None, n, dtype=pl.String, eager=True)
-    row_s = pl.Series(row)
-
-    def f32(x: torch.Tensor) -> pl.Series:
-        return pl.Series(_np(x.float())[keep], dtype=pl.Float32)
-
+    mask = batch.action_mask.detach().cpu().bool()
+    B, T = mask.shape
+    keep = _keep(mask.numpy())
     cols = {
-        "rollout_id": row_ids.gather(row_s),
-        "prompt_id": prompt_ids.gather(row_s),
-        "group_id": pl.Series(_np(batch.group_ids.long())[row], dtype=pl.Int64),
-        "position": pl.Series(pos, dtype=pl.Int32),
-        "token_id": pl.Series(token_ids.astype(np.int32), dtype=pl.Int32),
-        "token": token,
-        "is_action": pl.Series(_np(batch.action_mask.bool())[keep], dtype=pl.Boolean),
-        "logprob": f32(batch.logprobs),
-        "ref_logprob": f32(batch.ref_logprobs),
-        "value": f32(batch.values),
-        "kl": f32(kl),
-        "reward": f32(token_rewards),
-        "advantage": f32(advantages),
-        "returns": f32(returns),
-        "train_logprob": f32(train_logprobs)
-        if train_logprobs is not None
-        else pl.repeat(None, n, dtype=pl.Float32, eager=True),
+        "_keep": keep.reshape(-1),
+        "token_id": _flat(batch.response_tokens),
+        "is_action": _flat(mask),
+        "logprob": _flat(batch.logprobs.float()),
+        "ref_logprob": _flat(batch.ref_logprobs.float()),
+        "value": _flat(batch.values.float()),
+        "kl": _flat(kl.float()),
+        "reward": _flat(token_rewards.float()),
+        "advantage": _flat(advantages.float()),
+        "returns": _flat(returns.float()),
     }
-    return pl.DataFrame(cols)
+    if train_logprobs is not None:
+        cols["train_logprob"] = _flat(train_logprobs.float())
+    row = pl.col("_i") // T
+    frame = (
+        pl.DataFrame(cols)
+        .lazy()
+        .with_row_index("_i")
+        .filter(pl.col("_keep"))
+        .select(
+            pl.lit(pl.Series(batch.rollout_ids, dtype=pl.String)).gather(row).alias("rollout_id"),
+            pl.lit(pl.Series(batch.prompt_ids, dtype=pl.String)).gather(row).alias("prompt_id"),
+            pl.lit(pl.Series(_np(batch.group_ids.long()), dtype=pl.Int64)).gather(row).alias("group_id"),
+            (pl.col("_i") % T).cast(pl.Int32).alias("position"),
+            pl.col("token_id").cast(pl.Int32),
+            pl.lit(None, dtype=pl.String).alias("token"),
+            pl.col("is_action"),
+            *(
+                pl.col(c).cast(pl.Float32)
+                for c in ("logprob", "ref_logprob", "value", "kl", "reward", "advantage")
+            ),
+            pl.col("returns").cast(pl.Float32),
+            pl.col("train_logprob")
+            if train_logprobs is not None
+            else pl.lit(None, dtype=pl.Float32).alias("train_logprob"),
+        )
+        .collect()
+    )
+    if tokenizer is not None:
+        ids = frame["token_id"].to_list()
+        texts = tokenizer.token_texts(ids)
+        if len(texts) != len(ids):
+            raise ValueError(f"tokenizer.token_texts returned {len(texts)} texts for {len(ids)} ids")
+        frame = frame.with_columns(pl.Series("token", texts, dtype=pl.String))
+    return frame
+
+
+def _masked_row_sum(x: torch.Tensor, mask: torch.Tensor, chunk_elems: int = 1 << 20) -> np.ndarray:
+    """(B,) float64 sum of x over each row's mask. Numpy in row chunks: the temporaries stay
+    small enough for malloc to reuse warm pages (fresh 40 MB arrays pay page faults on every
+    call), and single-threaded numpy does not fight torch's OpenMP pool on a busy machine."""
+    xs = x.detach().cpu().float().numpy()
+    ms = mask.detach().cpu().bool().numpy()
+    B, T = ms.shape
+    out = np.empty(B, dtype=np.float64)
+    step = max(1, chunk_elems // max(T, 1))
+    for s in range(0, B, step):
+        e = min(B, s + step)
+        out[s:e] = np.where(ms[s:e], xs[s:e], np.float32(0)).sum(1, dtype=np.float64)
+    return out
 
 
 def rollouts_frame(batch, *, scores, token_rewards: torch.Tensor, kl: torch.Tensor, written_at: datetime):
@@ -222,8 +265,7 @@ def rollouts_frame(batch, *, scores, token_rewards: torch.Tensor, kl: torch.Tens
     import polars as pl
 
     B = batch.batch_size
-    mask = batch.action_mask.bool()
-    zero = torch.zeros((), dtype=torch.float32)
+    mask = batch.action_mask.detach().cpu().bool()
     if tuple(scores.total.shape) != (B,):
         raise ValueError(f"scores.total has shape {tuple(scores.total.shape)}, expected ({B},)")
     cols = {
@@ -234,12 +276,10 @@ def rollouts_frame(batch, *, scores, token_rewards: torch.Tensor, kl: torch.Tens
         "response": pl.Series(batch.responses, dtype=pl.String),
         "reference": pl.Series(batch.references, dtype=pl.String),
         "score": pl.Series(_np(scores.total.double()), dtype=pl.Float64),
-        "response_length": pl.Series(_np(mask.sum(1).int()), dtype=pl.Int32),
+        "response_length": pl.Series(_np(mask).sum(1, dtype=np.int32), dtype=pl.Int32),
         "finish_reason": pl.Series(batch.finish_reasons, dtype=pl.String),
-        "kl_sum": pl.Series(_np(torch.where(mask, kl.float().cpu(), zero).double().sum(1)), dtype=pl.Float64),
-        "shaped_reward_sum": pl.Series(
-            _np(torch.where(mask, token_rewards.float().cpu(), zero).double().sum(1)), dtype=pl.Float64
-        ),
+        "kl_sum": pl.Series(_masked_row_sum(kl, mask), dtype=pl.Float64),
+        "shaped_reward_sum": pl.Series(_masked_row_sum(token_rewards, mask), dtype=pl.Float64),
         "written_at": pl.Series([written_at] * B, dtype=pl.Datetime("us")),
     }
     fixed = {c.name for c in ROLLOUTS}

@@ -190,8 +190,8 @@ def test_partition_layout_and_schema_version(tmp_path):
 
 
 def test_trailing_padding_dropped_interior_observation_tokens_kept(tmp_path):
-    # Multi-turn row: action, observation, observation, action, padding.
-    batch = make_batch(mask_rows=((1, 0, 0, 1, 0), (1, 1, 0, 0, 0)))
+    # Multi-turn row: action, observation, observation, action, padding; a row with no token at all.
+    batch = make_batch(mask_rows=((1, 0, 0, 1, 0), (1, 1, 0, 0, 0), (0, 0, 0, 0, 0)))
     write_iteration(tmp_path, run_id="r", iteration=0, batch=batch, **outputs(batch))
     got = connect(tmp_path).sql("select rollout_id, position, is_action from tokens order by all").fetchall()
     assert got == [
@@ -201,6 +201,12 @@ def test_trailing_padding_dropped_interior_observation_tokens_kept(tmp_path):
         ("p0/0", 3, True),
         ("p0/1", 0, True),
         ("p0/1", 1, True),
+    ]
+    con = connect(tmp_path)
+    assert con.sql("select rollout_id, response_length from rollouts order by 1").fetchall() == [
+        ("p0/0", 2),
+        ("p0/1", 2),
+        ("p1/0", 0),
     ]
 
 
