@@ -40,7 +40,7 @@ PRETRAIN_PRESETS: dict[str, dict] = {
         "warmup_steps": 10,
         "eval_interval": 75,
         "eval_tokens": 4096,
-        "max_seconds": 10.0,
+        "max_seconds": 8.0,
     },
     # the PretrainConfig defaults: ~250 steps x 2k tokens at ~0.2-0.3 s each on 2 cores, eval ppl
     # about 1/4 of the unigram baseline; the time guard stops early on a busy machine
@@ -159,11 +159,16 @@ def pack(tok: Tok, texts: list[str], max_tokens: int | None) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine from `lr` to `min_lr_ratio * lr` at `max_steps`."""
+def lr_at(step: int, cfg: PretrainConfig, time_frac: float = 0.0) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine from `lr` to `min_lr_ratio * lr`.
+
+    The cosine's progress is the larger of the step fraction and `time_frac` (elapsed /
+    max_seconds), so a run that the time guard will stop still anneals to the low lr by then
+    (a schedule cut at a high lr leaves the loss well above where it would settle).
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    frac = max((step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps), time_frac)
     coef = 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * coef)
 
@@ -277,8 +282,11 @@ def pretrain(
         starts = torch.randint(0, len(train) - seq_len - 1, (cfg.batch_size,), generator=gen)
         win = train[starts[:, None] + offsets]  # (B, seq_len + 1)
         x, y = win[:, :-1].to(device), win[:, 1:].to(device)
+        elapsed = time.perf_counter() - t_train
+        time_frac = elapsed / cfg.max_seconds if cfg.max_seconds else 0.0
+        lr = lr_at(step - 1, cfg, time_frac)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step - 1, cfg)
+            g["lr"] = lr
         with autocast(device, bf16=cfg.bf16):
             loss = lm_loss(model, x, y)
         opt.zero_grad(set_to_none=True)
@@ -287,12 +295,10 @@ def pretrain(
             torch.nn.utils.clip_grad_norm_(model.actor_parameters(), cfg.grad_clip)
         opt.step()
         loss_val = float(loss.detach())
-        out_of_time = cfg.max_seconds is not None and time.perf_counter() - t_train > cfg.max_seconds
+        out_of_time = cfg.max_seconds is not None and time.perf_counter() - t_train >= cfg.max_seconds
         if step % cfg.eval_interval == 0 or step == cfg.max_steps or out_of_time:
             ppl = math.exp(evaluate_nll(model, ex, ey, cfg.batch_size, device, cfg.bf16))
-            history.append(
-                {"step": step, "train_loss": loss_val, "eval_ppl": ppl, "lr": lr_at(step - 1, cfg)}
-            )
+            history.append({"step": step, "train_loss": loss_val, "eval_ppl": ppl, "lr": lr})
         if cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0:
             save_model(model, out_dir / "checkpoint", extra={"step": step})
         if out_of_time:

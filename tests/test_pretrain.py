@@ -83,6 +83,9 @@ def test_lr_schedule_hand_computed():
     assert lr_at(4, cfg) == 1.0  # cosine starts at the peak
     assert math.isclose(lr_at(9, cfg), 0.55)  # half way: 0.1 + 0.9 * 0.5
     assert math.isclose(lr_at(14, cfg), 0.1) and math.isclose(lr_at(50, cfg), 0.1)
+    # the time guard: half the time gone at step 5 -> the cosine is half way, like step 9
+    assert math.isclose(lr_at(5, cfg, time_frac=0.5), 0.55)
+    assert lr_at(9, cfg, time_frac=0.1) == lr_at(9, cfg)  # the step fraction is larger
 
 
 def test_unigram_nll_hand_computed():
