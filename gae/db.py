@@ -148,7 +148,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[int]:
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
-    return con.execute("select coalesce(max(version), -1) from schema_migrations").fetchone()[0]
+    return con.execute("select coalesce(max(version), -1) from schema_migrations").fetchall()[0][0]
 
 
 # ---------------------------------------------------------------- named SQL

@@ -805,7 +805,7 @@ class _Writer:
                 by_reason[reason] = by_reason.get(reason, 0) + n
                 fs.quarantined += n
         _exec(con, "insert_documents", params)
-        (prompts,) = _exec(con, "insert_field_prompts", params).fetchone()
+        ((prompts,),) = _exec(con, "insert_field_prompts", params).fetchall()
         if self.cfg.make_prompts and self.cfg.max_prompts_per_document > 0:
             prompts += self._cut_prompts()
         return prompts
@@ -831,12 +831,12 @@ class _Writer:
             _exec(con, "cut_prompts", params)
             ok = "length(prompt) >= $min_p and length(reference) >= $min_r"
             lims = {"min_p": cfg.min_prompt_chars, "min_r": cfg.min_reference_chars}
-            (n,) = con.execute(
+            ((n,),) = con.execute(
                 "insert into prompts (prompt_id, document_id, prompt, reference, split, origin, ingest_id) "
                 "select document_id || '-' || $k, document_id, prompt, reference, split, 'cut', $ingest_id "
                 f"from _cut_step where {ok}",
                 {"k": k, "ingest_id": self.ingest_id, **lims},
-            ).fetchone()
+            ).fetchall()
             total += n
             if n == 0:
                 break

@@ -53,13 +53,13 @@ def test_read_only_needs_a_database(tmp_path):
 def test_read_only_refuses_writes_and_allows_temp_views(data_dir):
     con = db.connect(data_dir, read_only=True)
     try:
-        before = con.execute("select count(*) from documents").fetchone()[0]
+        before = con.execute("select count(*) from documents").fetchall()[0][0]
         with pytest.raises(duckdb.Error, match="read-only"):
             con.execute("delete from documents")
         # temp objects are per connection and allowed read-only: gae.store's Parquet views rely on it
         con.execute("create temp view v as select count(*) as n from documents")
-        assert con.execute("select n from v").fetchone()[0] == before
-        assert con.execute("select count(*) from documents").fetchone()[0] == before
+        assert con.execute("select n from v").fetchall()[0][0] == before
+        assert con.execute("select count(*) from documents").fetchall()[0][0] == before
     finally:
         con.close()
 
@@ -138,7 +138,7 @@ def test_fetch_prompts_and_corpus_texts(data_dir):
         assert a == db.fetch_prompts(con, split="train", seed=1)  # a seed is a fixed sample
         assert a != train and sorted(a, key=lambda p: p["prompt_id"]) == train  # a permutation
         n_train, n_eval = (
-            con.execute("select count(*) from documents where split = $s", {"s": s}).fetchone()[0]
+            con.execute("select count(*) from documents where split = $s", {"s": s}).fetchall()[0][0]
             for s in ("train", "eval")
         )
         assert (

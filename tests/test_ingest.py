@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gae import ingest as gi
-from gae.db import connect
+from gae.db import connect, run_query
 from gae.ingest import IngestConfig, content_hash, cut_passages, ingest, normalise, split_of
 
 POEM = "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。"
@@ -121,10 +121,11 @@ def test_exact_counts(ingested):
     try:
         n_docs, n_err = con.execute(
             "select (select count(*) from documents), (select count(*) from ingest_errors)"
-        ).fetchone()
+        ).fetchall()[0]
         assert (n_docs, n_err) == (13, 8)
-        assert con.execute("select count(*) from prompts where origin = 'field'").fetchone()[0] == 1
-        assert con.execute("select count(*) from prompts").fetchone()[0] == s.prompts
+        assert con.execute("select count(*) from prompts where origin = 'field'").fetchall()[0][0] == 1
+        assert con.execute("select count(*) from prompts").fetchall()[0][0] == s.prompts
+        assert run_query(con, "check_corpus").fetchall() == []  # unique ids, splits agree
     finally:
         con.close()
 
@@ -138,9 +139,9 @@ def test_rerun_adds_nothing(ingested):
     try:
         counts = con.execute(
             "select (select count(*) from documents), (select count(*) from ingest_errors), (select count(*) from prompts)"
-        ).fetchone()
+        ).fetchall()[0]
         assert counts == (13, 8, s.prompts)
-        assert con.execute("select count(distinct ingest_id) from documents").fetchone()[0] == 1
+        assert con.execute("select count(distinct ingest_id) from documents").fetchall()[0][0] == 1
     finally:
         con.close()
 
@@ -174,7 +175,7 @@ def test_cjk_byte_for_byte_and_list_fields(ingested):
     con = connect(dd, read_only=True)
     try:
         texts = {r[0] for r in con.execute("select text from documents").fetchall()}
-        meta = con.execute("select metadata from documents where text like '春眠%'").fetchone()[0]
+        meta = con.execute("select metadata from documents where text like '春眠%'").fetchall()[0][0]
     finally:
         con.close()
     assert POEM in texts and POEM.encode() in {t.encode() for t in texts}
@@ -190,7 +191,7 @@ def test_sql_hash_and_split_match_python_reference(ingested):
         docs = con.execute("select document_id, content_hash, text, split from documents").fetchall()
         bad = con.execute(
             "select count(*) from prompts p join documents d using (document_id) where p.split <> d.split"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     finally:
         con.close()
     for doc_id, h, text, split in docs:
@@ -294,11 +295,15 @@ def test_failure_halfway_keeps_none_of_the_file(tmp_path, monkeypatch):
         ingest([tmp_path], data_dir=tmp_path / "d", options=IngestConfig(chunk_bytes=200))
     con = connect(tmp_path / "d", read_only=True)
     try:
-        assert con.execute("select list(distinct source_uri) from documents").fetchone()[0] == [good.as_uri()]
-        assert con.execute("select count(*) from ingest_errors").fetchone()[0] == 0
+        assert con.execute("select list(distinct source_uri) from documents").fetchall()[0][0] == [
+            good.as_uri()
+        ]
+        assert con.execute("select count(*) from ingest_errors").fetchall()[0][0] == 0
         assert (
-            con.execute("select count(*) from prompts p join documents d using (document_id)").fetchone()[0]
-            == (con.execute("select count(*) from prompts").fetchone()[0])
+            con.execute("select count(*) from prompts p join documents d using (document_id)").fetchall()[0][
+                0
+            ]
+            == (con.execute("select count(*) from prompts").fetchall()[0][0])
         )
     finally:
         con.close()
@@ -314,7 +319,7 @@ def test_text_paragraph_mode_and_invalid_bytes(tmp_path):
     con = connect(tmp_path / "d", read_only=True)
     try:
         lines = con.execute("select line, text from documents order by line").fetchall()
-        err = con.execute("select line, byte_offset from ingest_errors").fetchone()
+        err = con.execute("select line, byte_offset from ingest_errors").fetchall()[0]
     finally:
         con.close()
     assert lines == [(1, "# Title line"), (3, "First block, line one.\nLine two."), (10, "Last block.")]

@@ -1,6 +1,6 @@
 -- Prompts for rollouts: given in the record (`prompt`/`reference` fields) or cut from its text.
 create table if not exists prompts (
-    prompt_id   varchar primary key,  -- <document_id>-<passage number>
+    prompt_id   varchar not null,  -- <document_id>-<passage number>; unique by construction, no index
     document_id varchar not null,
     prompt      varchar not null,
     reference   varchar,              -- the continuation or answer, for similarity and verifiable rewards
