@@ -112,19 +112,29 @@ def main() -> None:
             returns=out["returns"],
         )
         assert frame.height == rows
-        t_build = median(
-            lambda: tokens_frame(
+        # Interleaved rounds (baseline, writer, frame build), median of each: the machine is
+        # shared, so drift hits all three alike.
+        fns = {
+            "polars": lambda: frame.write_parquet(tmp / "bare.parquet", compression="zstd"),
+            "writer": lambda: write_iteration(tmp / "w", run_id="w", iteration=0, batch=batch, **out),
+            "build": lambda: tokens_frame(
                 batch,
                 token_rewards=out["token_rewards"],
                 kl=out["kl"],
                 advantages=out["advantages"],
                 returns=out["returns"],
             ),
-            args.repeat,
-        )
-        t_polars = median(lambda: frame.write_parquet(tmp / "bare.parquet", compression="zstd"), args.repeat)
-        t_writer = median(
-            lambda: write_iteration(tmp / "w", run_id="w", iteration=0, batch=batch, **out), args.repeat
+        }
+        for fn in fns.values():
+            fn()  # warm-up: allocator, page cache, directory creation
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(args.repeat):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+        t_polars, t_writer, t_build = (
+            sorted(times[k])[len(times[k]) // 2] for k in ("polars", "writer", "build")
         )
         size = (tmp / "bare.parquet").stat().st_size
         print(f"\n{rows:,} token rows x {frame.width} columns, {size / 1e6:.0f} MB zstd")

@@ -208,6 +208,15 @@ def test_explained_variance(con):
     assert got[1]["explained_variance"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_explained_variance_is_null_for_constant_returns(tmp_path):
+    # returns all 0.3 (not exact in binary): Var(returns) is 0, so the ratio is undefined -> NULL.
+    _write(tmp_path, "c", 0, [([1, 2, 3], [0.0] * 3, [0.1, 0.2, 0.3], [0.3] * 3, [0.0] * 3)], [0.0], ["eos"])
+    con = duckdb.connect()
+    register_views(con, tmp_path)
+    got = run(con, "explained_variance")
+    assert got[0]["explained_variance"] is None and got[0]["var_returns"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_queries_on_an_empty_store_return_no_rows(tmp_path):
     con = duckdb.connect()
     register_views(con, tmp_path)
