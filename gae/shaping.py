@@ -177,7 +177,8 @@ def shape_rewards(
     """Per-token rewards and per-token KL, both (B, T) float32 and 0 off the action mask.
 
     scores: (B,) sequence scores (`ScoreTable.total`). kl_coef: the controller's current beta.
-    eos_id: needed for score_position='eos' (default `batch.meta['eos_id']`).
+    eos_id: for score_position='eos' (default `batch.meta['eos_id']`); without one, EOS is
+    taken to be the last action token of rows with finish_reason 'eos', as the batch contract says.
     The KL tensor is returned for every placement (the store keeps it; the trainer uses it
     when placement is 'loss'); it enters the rewards only when placement is 'reward'.
     """
@@ -194,7 +195,12 @@ def shape_rewards(
     scores = apply_missing_eos(scores, truncated, cfg.missing_eos, cfg.missing_eos_penalty)
     if eos_id is None:
         eos_id = batch.meta.get("eos_id")
-    pos = score_positions(mask, batch.response_tokens, eos_id, cfg.score_position)
+    position = cfg.score_position
+    if position == "eos" and eos_id is None:
+        # Without the id, the batch contract still says where EOS is: rows that finished by
+        # 'eos' end with it as their last action token; rows cut by the limit have none.
+        position = "last_action"
+    pos = score_positions(mask, batch.response_tokens, eos_id, position)
     rewards = place_scores(scores, pos, T)
     kl = kl_per_token(
         batch.logprobs.float(), batch.ref_logprobs.float(), mask, cfg.kl.estimator, cfg.kl.clamp

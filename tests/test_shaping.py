@@ -66,6 +66,10 @@ def test_eos_placement_through_shape_rewards_reads_eos_id_from_meta():
     )
     r, _ = shape_rewards(torch.tensor([1.0]), batch, no_kl(score_position="eos"), kl_coef=0.0)
     assert r.tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    # No eos_id anywhere: EOS is the last action token of a row finished by 'eos' (the batch contract).
+    batch.meta = {}
+    r, _ = shape_rewards(torch.tensor([1.0]), batch, no_kl(score_position="eos"), kl_coef=0.0)
+    assert r.tolist() == [[0.0, 0.0, 0.0, 1.0]]
 
 
 @pytest.mark.parametrize(
