@@ -36,13 +36,14 @@ def _as_data_dir(data_dir: DataDir | str | os.PathLike | None) -> DataDir:
 
 
 def connect(
-    data_dir: DataDir | str | os.PathLike | None = None, *, read_only: bool = False
+    data_dir: DataDir | str | os.PathLike | None = None, *, read_only: bool = False, views: bool = True
 ) -> duckdb.DuckDBPyConnection:
     """Open `<data-dir>/gae.duckdb`.
 
     Read-write connections create the file and apply pending migrations. Read-only ones
     need an existing database (FileNotFoundError otherwise) and refuse every write. Both
-    get the TEMP views over Parquet from `gae.store.register_views` when that module exists.
+    get the TEMP views over Parquet from `gae.store.register_views` when that module exists
+    (views=False skips them: ingest never reads Parquet, and gae.store imports torch).
     """
     import duckdb
 
@@ -64,7 +65,8 @@ def connect(
     try:
         if not read_only:
             migrate(con)
-        _register_store_views(con, dd)
+        if views:
+            _register_store_views(con, dd)
     except BaseException:
         con.close()
         raise

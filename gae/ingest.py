@@ -948,7 +948,7 @@ def ingest(
     summary = IngestSummary(
         ingest_id=new_ingest_id(), database=str(dd.db), skipped_files=[str(p) for p in skipped]
     )
-    con = connect(dd)
+    con = connect(dd, views=False)
     try:
         writer = _Writer(con, cfg, summary.ingest_id)
         by_reason: dict[str, int] = {}

@@ -150,3 +150,26 @@ def test_fetch_prompts_and_corpus_texts(data_dir):
             db.corpus_texts(con, split="test")
     finally:
         con.close()
+
+
+def test_store_views_on_read_only_connection(data_dir):
+    pytest.importorskip("gae.store")
+    con = db.connect(data_dir, read_only=True)
+    try:
+        temp_views = {
+            r[0]
+            for r in con.execute(
+                "select view_name from duckdb_views() where temporary and not internal"
+            ).fetchall()
+        }
+        assert {"tokens", "rollouts"} <= temp_views
+        assert con.execute("select count(*) from tokens").fetchall() == [(0,)]  # no run stored yet
+    finally:
+        con.close()
+    con = db.connect(data_dir, read_only=True, views=False)
+    try:
+        assert not con.execute(
+            "select view_name from duckdb_views() where temporary and not internal"
+        ).fetchall()
+    finally:
+        con.close()

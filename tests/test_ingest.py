@@ -415,3 +415,27 @@ def test_ingest_corpus_flow(prefect_api, tmp_path):
     out = ingest_corpus(paths=[str(f)], data_dir=str(tmp_path / "d"))
     assert (out["inserted"], out["quarantined_by_reason"]) == (1, {"empty_text": 1})
     assert read_holder(tmp_path / "d" / ".writer.lock") == {}  # released
+
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"
+
+
+@pytest.mark.skipif(not (SHARED / "tinyshakespeare.txt").exists(), reason="../shared/corpora not present")
+def test_shared_corpora(tmp_path):
+    import re
+
+    shakespeare, poems = SHARED / "tinyshakespeare.txt", SHARED / "classical-chinese-poems.jsonl"
+    s = ingest([shakespeare, poems], data_dir=tmp_path / "d", options=IngestConfig(split_paragraphs=True))
+    # the slow obvious count: blank-line blocks of the play, one record per poem line
+    blocks = [
+        b for b in re.split(r"\r?\n(?:[ \t]*\r?\n)+", shakespeare.read_text(encoding="utf-8")) if b.strip()
+    ]
+    poem_lines = [x for x in poems.read_text(encoding="utf-8").splitlines() if x.strip()]
+    assert s.records == len(blocks) + len(poem_lines)
+    assert s.quarantined == 0 and s.inserted + s.duplicates == s.records
+    con = connect(tmp_path / "d", read_only=True)
+    try:
+        stored = {r[0] for r in con.execute("select text from documents").fetchall()}
+    finally:
+        con.close()
+    assert {json.loads(x)["text"] for x in poem_lines} <= stored  # CJK byte for byte
