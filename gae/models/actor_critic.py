@@ -59,11 +59,16 @@ class ActorCritic(nn.Module):
         return getattr(self.actor, "block_size", None)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, logits_slice: slice | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask: (B, L) -> logits (B, L, V), values (B, L) (no cache)."""
+        """input_ids, attention_mask: (B, L) -> logits (B, L, V), values (B, L) (no cache).
+
+        `logits_slice` projects only those positions to the vocabulary (B, len(slice), V): scoring
+        needs the response positions only, and with a 50k vocabulary the prompt's logits would
+        dominate memory.
+        """
         hidden, _ = self.actor(input_ids, attention_mask, None)  # (B, L, H)
-        logits = self.actor.logits(hidden)  # (B, L, V)
+        logits = self.actor.logits(hidden if logits_slice is None else hidden[:, logits_slice])  # (B, L', V)
         if self.critic_trunk is not None:
             hidden, _ = self.critic_trunk(input_ids, attention_mask, None)
         values = self.value_head(hidden).squeeze(-1)  # (B, L)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gae.models.actor_critic import ActorCritic
+
 
 @dataclass
 class ScoreOutput:
@@ -59,8 +61,13 @@ def score_responses(
         raise ValueError("score_responses: prompts must hold at least one token (e.g. BOS)")
     ids = torch.cat([prompt_tokens, response_tokens], 1)  # (B, P + T)
     attn = torch.cat([prompt_mask.bool(), torch.ones_like(action_mask, dtype=torch.bool)], 1)
-    logits, values = model(ids, attn)  # (B, P + T, V), (B, P + T)
-    logits = logits[:, P - 1 : P + T - 1].float()  # (B, T, V): predicts response token t
+    window = slice(P - 1, P + T - 1)  # the positions that predict response tokens 0..T-1
+    if isinstance(model, ActorCritic):
+        logits, values = model(ids, attn, logits_slice=window)  # (B, T, V), (B, P + T)
+    else:  # any module with the ActorCritic call signature
+        logits, values = model(ids, attn)
+        logits = logits[:, window]
+    logits = logits.float()
     logz = torch.logsumexp(logits, -1)  # (B, T)
     mask = action_mask.bool()
     logprobs = logits.gather(-1, response_tokens.long().unsqueeze(-1)).squeeze(-1) - logz
