@@ -125,32 +125,41 @@ def sample_batch(
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive_mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
     logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
     hit_eos = torch.zeros(B, dtype=torch.bool, device=device)
+    # `rows`: batch rows still in the decode batch; their cache, mask and logits are compacted
+    # whenever half of them have finished, so finished sequences stop costing compute.
+    rows = torch.arange(B, device=device)
     attn = mask
     with autocast(device, bf16=bf16):
         logits, cache = model.decode_step(ids, attn, cache)
-    next_logits = logits[:, -1].float()  # (B, V)
+    next_logits = logits[:, -1].float()  # (n, V) for the n rows in `rows`
     T = 0
     for t in range(max_new_tokens):
         if temperature == 0:
             tok = next_logits.argmax(-1)
         else:
-            u = torch.tensor([torch.rand((), generator=g, dtype=torch.float64).item() for g in gens])
+            row_list = rows.tolist()
+            u = torch.tensor(
+                [torch.rand((), generator=gens[r], dtype=torch.float64).item() for r in row_list]
+            )
             tok = sample_tokens(filter_probs(next_logits, temperature, top_k, top_p), u.to(device))
-        alive = ~finished
+        alive = ~hit_eos[rows]  # rows kept in the batch may have finished since the last compaction
         tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
         logp = torch.log_softmax(next_logits, -1).gather(-1, tok[:, None]).squeeze(-1)  # temperature 1
-        tokens[:, t] = tok
-        alive_mask[:, t] = alive
-        logprobs[:, t] = torch.where(alive, logp, torch.zeros_like(logp))
+        tokens[rows, t] = tok
+        alive_mask[rows, t] = alive
+        logprobs[rows, t] = torch.where(alive, logp, torch.zeros_like(logp))
         T = t + 1
-        is_eos = alive & (tok == eos_id)
-        hit_eos |= is_eos
-        finished |= is_eos
-        if bool(finished.all()) or t == max_new_tokens - 1:
+        hit_eos[rows] |= alive & (tok == eos_id)
+        still = ~hit_eos[rows]
+        n_alive = int(still.sum())
+        if n_alive == 0 or t == max_new_tokens - 1:
             break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=torch.bool, device=device)], 1)
+        attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=torch.bool, device=device)], 1)
+        if n_alive <= len(rows) // 2 and hasattr(cache, "select"):
+            keep = still.nonzero().squeeze(1)
+            cache.select(keep)
+            rows, attn, tok = rows[keep], attn[keep], tok[keep]
         with autocast(device, bf16=bf16):
             logits, cache = model.decode_step(tok[:, None], attn, cache)
         next_logits = logits[:, -1].float()

@@ -34,9 +34,29 @@ def make_model(cfg: ModelConfig, tok, seed: int, eos_bias: float = 0.0):
     m = build_model(cfg, tok.vocab_size).eval()
     with torch.no_grad():
         m.value_head.weight.normal_(0, 0.5)  # non-zero values so value checks mean something
-        if eos_bias:  # GRU only: its output layer has a bias
-            m.actor.head.bias[tok.eos_id] = eos_bias
+    if eos_bias:
+        # a policy that favours EOS, for any arch: shift the EOS logit of the LM head (an instance
+        # attribute, used by generation and score_responses alike)
+        head = m.actor.logits
+        shift = torch.zeros(tok.vocab_size)
+        shift[tok.eos_id] = eos_bias
+        m.actor.logits = lambda hidden: head(hidden) + shift
     return m
+
+
+def count_compactions(model) -> list[int]:
+    """Record the row counts kept each time generation drops finished rows from its cache."""
+    kept: list[int] = []
+    new_cache = model.new_cache
+
+    def spy(*args):
+        cache = new_cache(*args)
+        select = cache.select
+        cache.select = lambda rows: (kept.append(len(rows)), select(rows))
+        return cache
+
+    model.new_cache = spy
+    return kept
 
 
 @pytest.fixture(scope="module", params=["gpt", "gru", "hf"])
@@ -77,10 +97,10 @@ def test_batch_fields_and_recorded_logprobs_match_recompute(models, tok):
     assert torch.equal(again.logprobs, pol.logprobs)
 
 
-def test_eos_stops_and_masks_later_positions(tok):
-    policy = make_model(
-        ModelConfig.preset("tiny", arch="gru"), tok, 0, eos_bias=3.5
-    )  # p(EOS) ~ e^3.5 / (e^3.5 + 300) ~ 0.1 per step
+@pytest.mark.parametrize("arch", ["gpt", "gru"])
+def test_eos_stops_and_masks_later_positions(tok, arch):
+    # p(EOS) ~ e^3.5 / (e^3.5 + 300) ~ 0.1 per step: over 6 steps some rows stop, some run to the limit
+    policy = make_model(ModelConfig.preset("tiny", arch=arch), tok, 0, eos_bias=3.5)
     batch = generate_rollouts(policy, policy, tok, PROMPTS, cfg(n_samples=8, max_new_tokens=6), device="cpu")
     reasons = set(batch.finish_reasons)
     assert reasons == {"eos", "length"}  # both occur with this bias and seed
@@ -96,6 +116,24 @@ def test_eos_stops_and_masks_later_positions(tok):
         assert torch.all(toks[n:] == tok.pad_id)
         for name in ("logprobs", "ref_logprobs", "values"):
             assert torch.all(getattr(batch, name)[b, n:] == 0)
+
+
+def test_dropping_finished_rows_keeps_numbers_exact(models, tok):
+    """With EOS likely, generation compacts its batch as rows finish; recorded log-probs must still
+    equal a full forward of the finished sequences, and each row's samples must not change when
+    other rows (which finish at other times) share its batch."""
+    policy = make_model(models[0].cfg, tok, 0, eos_bias=4.0)
+    kept = count_compactions(policy)
+    c = cfg(n_samples=8, max_new_tokens=16, recompute_logprobs=False, batch_size=24)
+    batch = generate_rollouts(policy, policy, tok, PROMPTS, c, device="cpu")
+    assert kept and kept[0] <= 12  # compacted at least once, to at most half the rows
+    args = (batch.prompt_tokens, batch.prompt_mask, batch.response_tokens, batch.action_mask)
+    with torch.no_grad():
+        torch.testing.assert_close(batch.logprobs, score_responses(policy, *args).logprobs, atol=ATOL, rtol=0)
+    alone = generate_rollouts(policy, policy, tok, [PROMPTS[1]], c, device="cpu")
+    n = alone.response_tokens.shape[1]
+    assert torch.equal(batch.response_tokens[8:16, :n], alone.response_tokens)
+    assert batch.finish_reasons[8:16] == alone.finish_reasons
 
 
 def test_same_seed_identical_different_seed_differs(models, tok):

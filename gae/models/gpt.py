@@ -33,6 +33,11 @@ class KVCache:
         self.length = 0  # positions filled so far (same for every row: padding is part of the cache)
         self.max_len = max_len
 
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (drop finished sequences so later steps skip them)."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor, L: int) -> torch.Tensor:
     """(B, S) bool mask -> (B, L) positions of its last L columns; pads get 0 (their output is unused)."""

@@ -22,6 +22,10 @@ class GRUCache:
         self.h: torch.Tensor | None = None  # (n_layer, B, H)
         self.length = 0
 
+    def select(self, rows: torch.Tensor) -> None:
+        if self.h is not None:
+            self.h = self.h.index_select(1, rows)
+
 
 class GRULM(nn.Module):
     """Backbone interface: see `gae.models.gpt.GPT`."""

@@ -31,6 +31,10 @@ class HFCache:
         self.past = None
         self.length = 0
 
+    def select(self, rows: torch.Tensor) -> None:
+        if self.past is not None:
+            self.past.batch_select_indices(rows)  # transformers Cache API (in place)
+
 
 class HFCausalLM(nn.Module):
     """Backbone interface: see `gae.models.gpt.GPT`. `hf_config_dir` rebuilds the architecture
