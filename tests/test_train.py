@@ -19,6 +19,16 @@ V = 16
 TARGET = 7  # the token the learnable task rewards
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread, as `gae.device.configure_threads("auto")` picks on 2-core machines:
+    a second thread makes these tiny models 5-15x slower on a shared machine (bench/RESULTS.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_model(seed: int = 0, critic: str = "head"):
     torch.manual_seed(seed)
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, critic=critic)
