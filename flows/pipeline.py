@@ -28,6 +28,20 @@ from tasks.store import fill_train_logprobs, store_iteration
 from tasks.train import train_iteration
 
 
+class _Clock:
+    """Wall time of each stage (task call included), for the `timing_s/*` metrics."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name, fn, *args, **kwargs):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+
 @flow(name="rl-iteration", log_prints=True)
 def rl_iteration(
     cfg: dict, data_dir: str, run: dict, iteration: int, base: dict, policy_dir: str, kl_coef: float
@@ -38,8 +52,10 @@ def rl_iteration(
     dd = DataDir.resolve(data_dir)
     it_dir = dd.iteration_dir(run["run_id"], iteration)
     stage = str(it_dir / "stage")  # store files wait here until the iteration is complete
-    t0 = time.perf_counter()
-    batch_dir = rollout_task(
+    clock = _Clock()
+    batch_dir = clock(
+        "gen",
+        rollout_task,
         data_dir,
         policy_dir,
         base["model_dir"],
@@ -50,14 +66,31 @@ def rl_iteration(
         out_dir=str(it_dir / "batch"),
         device=cfg["device"],
     )
-    scores_path = score_rollouts(batch_dir, cfg["rewards"])
-    adv = compute_advantages(
-        batch_dir, scores_path, cfg["advantages"], cfg["shaping"], kl_coef=kl_coef, device=cfg["device"]
+    scores_path = clock("reward", score_rollouts, batch_dir, cfg["rewards"])
+    adv = clock(
+        "adv",
+        compute_advantages,
+        batch_dir,
+        scores_path,
+        cfg["advantages"],
+        cfg["shaping"],
+        kl_coef=kl_coef,
+        device=cfg["device"],
     )
-    stored = store_iteration(
-        stage, run["run_id"], iteration, batch_dir, scores_path, adv["path"], base["tokenizer"]
+    stored = clock(
+        "store",
+        store_iteration,
+        stage,
+        run["run_id"],
+        iteration,
+        batch_dir,
+        scores_path,
+        adv["path"],
+        base["tokenizer"],
     )
-    trained = train_iteration(
+    trained = clock(
+        "update",
+        train_iteration,
         data_dir,
         run["run_id"],
         iteration,
@@ -71,17 +104,36 @@ def rl_iteration(
         total_iterations=cfg["iterations"],
         device=cfg["device"],
     )
-    fill_train_logprobs(stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
-    ev = evaluate_policy_task(
-        data_dir, trained["model_dir"], base["tokenizer"], cfg["rewards"], cfg["eval"], cfg["device"]
+    clock("store", fill_train_logprobs, stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
+    ev = clock(
+        "eval",
+        evaluate_policy_task,
+        data_dir,
+        trained["model_dir"],
+        base["tokenizer"],
+        cfg["rewards"],
+        cfg["eval"],
+        cfg["device"],
     )
     metrics = {**trained["metrics"], **{f"eval/{k}/mean": v for k, v in ev["components"].items()}}
     metrics["eval/reward/mean"] = ev["reward_mean"]
-    metrics["timing_s/iteration"] = time.perf_counter() - t0
-    log_iteration(data_dir, run, iteration, metrics, ev["samples"], cfg["registry"]["experiment"])
-    publish_iteration(data_dir, stage, run["run_id"], iteration)
+    clock.timings["step"] = time.perf_counter() - clock.t0
+    clock(
+        "log",
+        log_iteration,
+        data_dir,
+        run,
+        iteration,
+        metrics,
+        ev["samples"],
+        cfg["registry"]["experiment"],
+        timings=clock.timings,
+        n_tokens=stored.get("token_rows", 0),
+    )
+    clock("store", publish_iteration, data_dir, stage, run["run_id"], iteration)
     summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     summary["stored_tokens"] = stored.get("token_rows")
+    summary["timing_s/iteration"] = time.perf_counter() - clock.t0
     complete_iteration(data_dir, run["run_name"], iteration, summary)
     return {
         "checkpoint": trained["checkpoint"],

@@ -164,13 +164,32 @@ def complete_iteration(
 
 @task(name="log-iteration")
 def log_iteration(
-    data_dir: str, run: dict, iteration: int, metrics: dict, samples: list[dict], experiment: str
+    data_dir: str,
+    run: dict,
+    iteration: int,
+    metrics: dict,
+    samples: list[dict],
+    experiment: str,
+    *,
+    timings: dict | None = None,
+    n_tokens: int = 0,
 ) -> str:
     """Metrics and sample generations to MLflow (step = iteration), and Prefect artifacts:
-    a markdown summary linking the MLflow run, and a table of sample generations."""
+    a markdown summary linking the MLflow run, and a table of sample generations.
+
+    timings: wall seconds per stage (`gen`, `reward`, `adv`, `store`, `update`, `eval`,
+    `step`); they become `timing_s/*` and `perf/throughput` (stored tokens per second)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from gae.tracking import Tracker, tracking_uri
+    from gae.train import timing_metrics
+
+    metrics = dict(metrics)
+    if timings:
+        # The trainer measured its own phases (update_actor or update_critic); keep those.
+        metrics.update(
+            {k: v for k, v in timing_metrics(timings, n_tokens=n_tokens).items() if k not in metrics}
+        )
 
     tracker = Tracker.start(
         data_dir, run_id=run["run_id"], experiment=experiment, mlflow_run_id=run["mlflow_run_id"]
