@@ -432,6 +432,23 @@ def test_prefect_tasks_end_to_end_paths_in_paths_out(tmp_path):
 
         save_file({"train_logprobs": torch.where(batch.action_mask, -1.0, 0.0)}, str(lp_path))
         fill_train_logprobs.fn(str(tmp_path), "r", 0, str(batch_dir), str(lp_path))
+        # A critic-free estimator by name, on the same files: RLOO within group 0 (rows 0 and 1).
+        s2 = ScoreTable(total=torch.tensor([1.0, 0.0, 0.0]), components={}, weights={}).save(
+            tmp_path / "s2.st"
+        )
+        rloo = compute_advantages.fn(
+            str(batch_dir), str(s2), {"estimator": "rloo"}, {}, kl_coef=0.0, device="cpu"
+        )
+        with pytest.raises(ValueError, match="unknown fields"):
+            compute_advantages.fn(
+                str(batch_dir), scores_path, {"estimator": "gae", "lambda": 1}, {}, kl_coef=0.0
+            )
+    from tasks.advantages import load_advantages
+
+    a = load_advantages(rloo["path"])["advantages"]
+    # group 0 scores 1, 0 -> RLOO 1 - 0 = 1 and 0 - 1 = -1 on every action token; row 2 alone -> 0.
+    m = batch.action_mask
+    assert torch.equal(a, torch.where(m, torch.tensor([[1.0], [-1.0], [0.0]]), 0.0))
     assert info["token_rows"] == 9 and isinstance(adv["mean_kl"], float)
     con = connect(tmp_path)
     # ends_sentence: "The cat sat." and "猫坐在垫子上。" end a sentence, "x" does not.
