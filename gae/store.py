@@ -293,6 +293,12 @@ def rollouts_frame(batch, *, scores, token_rewards: torch.Tensor, kl: torch.Tens
     return pl.DataFrame(cols)
 
 
+def _remove_temporaries(path: Path) -> None:
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".tmp-{path.name}.*"):
+            tmp.unlink(missing_ok=True)
+
+
 # zstd level 1: log-probs, values and advantages are near-incompressible floats, so level 1
 # gives the same file size as Polars' default level within 0.1% here and writes ~20% faster.
 ZSTD_LEVEL = 1
@@ -360,6 +366,11 @@ def write_iteration(
         kl=kl,
         written_at=datetime.now(timezone.utc).replace(tzinfo=None),
     )
+    # A writer killed mid-write leaves a hidden temporary that no reader matches; the data
+    # directory has one writer at a time (gae.lock), so the next write of this partition can
+    # remove it.
+    for path in (tok_path, roll_path):
+        _remove_temporaries(path)
     # Tokens first: a rollouts file (whose written_at marks the latest run) only ever
     # appears once its tokens are in place.
     _write_frame(tokens, tok_path, "tokens")

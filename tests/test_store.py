@@ -326,6 +326,10 @@ def test_writer_killed_mid_write_leaves_old_or_new(tmp_path):
     assert all(
         p.name.startswith(".tmp-") for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".parquet"
     )
+    # The next write of the iteration clears what the killed writer left behind.
+    write_iteration(tmp_path, run_id="r", iteration=0, batch=old, **outputs(old))
+    assert not list(tmp_path.rglob(".tmp-*"))
+    assert connect(tmp_path).sql("select count(*) from tokens").fetchall() == [(9,)]
 
 
 def test_empty_batch_and_bad_shapes_refused(tmp_path):
