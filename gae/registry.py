@@ -27,7 +27,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
+with warnings.catch_warnings():  # MLflow's own import warns about type hints of its agent classes
+    warnings.simplefilter("ignore", UserWarning)
+    import mlflow.pyfunc
 
 from gae.paths import DataDir
 from gae.tracking import DEFAULT_EXPERIMENT, ensure_experiment, get_client, tracking_uri, use_tracking_uri
@@ -105,40 +107,37 @@ def _prompts_of(model_input: Any) -> list[str]:
     )
 
 
-# MLflow warns, when the class is defined, that `predict` has no type hints. On purpose: the
-# signature is explicit (type-hint validation would refuse a DataFrame with a prompt column).
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
+# No type hints on `predict` on purpose (MLflow says so once per process): the signature is
+# explicit, and type-hint validation would refuse a DataFrame with a `prompt` column.
+class GaePolicyModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper: artifacts `policy` (model dir), `tokenizer` (tokenizer.json), `config`."""
 
-    class GaePolicyModel(mlflow.pyfunc.PythonModel):
-        """pyfunc wrapper: artifacts `policy` (model dir), `tokenizer` (tokenizer.json), `config`."""
+    def load_context(self, context) -> None:
+        from gae.device import resolve_device
+        from gae.models import load_model
+        from gae.tokenizer import load_tokenizer
 
-        def load_context(self, context) -> None:
-            from gae.device import resolve_device
-            from gae.models import load_model
-            from gae.tokenizer import load_tokenizer
+        self.device = resolve_device(os.environ.get("GAE_DEVICE", "auto"))
+        self.model = load_model(context.artifacts["policy"], device=self.device)
+        self.tok = load_tokenizer(context.artifacts["tokenizer"])
+        cfg = context.artifacts.get("config")
+        self.config = json.loads(Path(cfg).read_text()) if cfg else {}
 
-            self.device = resolve_device(os.environ.get("GAE_DEVICE", "auto"))
-            self.model = load_model(context.artifacts["policy"], device=self.device)
-            self.tok = load_tokenizer(context.artifacts["tokenizer"])
-            cfg = context.artifacts.get("config")
-            self.config = json.loads(Path(cfg).read_text()) if cfg else {}
+    def predict(self, context, model_input, params=None):
+        from gae.rollout import generate_text
 
-        def predict(self, context, model_input, params=None):
-            from gae.rollout import generate_text
-
-            p = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
-            seed = int(p["seed"])
-            return generate_text(
-                self.model,
-                self.tok,
-                _prompts_of(model_input),
-                max_new_tokens=int(p["max_new_tokens"]),
-                temperature=float(p["temperature"]),
-                top_p=float(p["top_p"]),
-                seed=None if seed < 0 else seed,
-                device=self.device,
-            )
+        p = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
+        seed = int(p["seed"])
+        return generate_text(
+            self.model,
+            self.tok,
+            _prompts_of(model_input),
+            max_new_tokens=int(p["max_new_tokens"]),
+            temperature=float(p["temperature"]),
+            top_p=float(p["top_p"]),
+            seed=None if seed < 0 else seed,
+            device=self.device,
+        )
 
 
 @dataclass

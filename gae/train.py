@@ -214,6 +214,8 @@ def ppo_update(
         0 off the mask.
     """
     t_start = time.perf_counter()
+    if kl_placement not in ("reward", "loss", "none"):
+        raise ValueError(f"ppo_update: kl_placement must be 'reward', 'loss' or 'none', got {kl_placement!r}")
     score_fn = score_fn or _default_score_fn()
     _check_inputs(batch, advantages, returns)
     device = next(model.parameters()).device

@@ -162,6 +162,8 @@ def test_kl_loss_placement_adds_the_kl_term():
     assert "actor/kl_loss" in m and m["actor/kl_coef"] == 0.1
     m, _ = ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg, kl_coef=0.1)
     assert "actor/kl_loss" not in m
+    with pytest.raises(ValueError, match="kl_placement"):
+        ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg, kl_placement="reward+loss")
 
 
 def test_lr_schedule():

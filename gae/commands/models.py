@@ -38,27 +38,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"no registered models at {tracking_uri(data_dir)}: a pipeline run registers one")
             return
         table = Table(title=f"model registry ({tracking_uri(data_dir)})")
-        for col in (
-            "model",
-            "version",
-            "aliases",
-            "eval score",
-            "champion's score then",
-            "source",
-            "mlflow run",
-        ):
-            table.add_column(col)
+        for col in ("model", "version", "aliases", "eval score", "champion's then", "source (run:iteration)"):
+            table.add_column(col, overflow="fold")
         for r in rows:
             score = f"{r['eval_score']:.4f}" if r["eval_score"] is not None else "-"
-            table.add_row(
-                r["name"],
-                str(r["version"]),
-                ", ".join(r["aliases"]) or "-",
-                score,
-                str(r["champion_eval_score"] or "-"),
-                r["source"] or "-",
-                r["run_id"] or "-",
-            )
+            then = r["champion_eval_score"]
+            then = f"{float(then):.4f}" if then not in (None, "None", "") else "-"
+            aliases = ", ".join(r["aliases"]) or "-"
+            table.add_row(r["name"], str(r["version"]), aliases, score, then, r["source"] or "-")
         console.print(table)
         console.print("load one with: mlflow.pyfunc.load_model('models:/<model>@champion')")
 
