@@ -44,9 +44,9 @@ PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 RUN_ID_TAG = "gae.run_id"
 
-# Metric keys plotted by `log_training_plot`, first present wins in each panel.
+# Metric keys plotted by `log_training_plot`: one panel each, every key present is a line.
 PLOT_PANELS: dict[str, tuple[str, ...]] = {
-    "reward": ("critic/score/mean", "eval/score/mean"),
+    "reward": ("critic/score/mean", "eval/reward/mean"),
     "KL": ("actor/reward_kl_penalty", "actor/kl_loss", "actor/ppo_kl"),
     "explained variance": ("critic/vf_explained_var",),
 }
