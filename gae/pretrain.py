@@ -42,12 +42,13 @@ PRETRAIN_PRESETS: dict[str, dict] = {
         "eval_tokens": 4096,
         "max_seconds": 8.0,
     },
-    # the PretrainConfig defaults: ~250 steps x 2k tokens at ~0.2-0.3 s each on 2 cores, eval ppl
-    # about 1/4 of the unigram baseline; the time guard stops early on a busy machine
+    # the PretrainConfig defaults: ~250 steps x 2k tokens at ~0.2-0.5 s each on 2 cores, eval ppl
+    # about 1/4-1/3 of the unigram baseline; the time guard stops early on a busy machine. The
+    # stream cap (600k tokens) is above the ~500k tokens 250 steps read, so no epoch repeats.
     "small": {
         "vocab_size": 1024,
-        "max_tokenizer_chars": 2_000_000,
-        "max_train_tokens": 1_000_000,
+        "max_tokenizer_chars": 1_000_000,
+        "max_train_tokens": 600_000,
         "max_steps": 250,
         "batch_size": 16,
         "seq_len": 128,
