@@ -306,6 +306,7 @@ class Tracker:
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         panels = []
         for title, keys in PLOT_PANELS.items():
@@ -322,6 +323,7 @@ class Tracker:
                 ax.plot(xs, ys, marker="o", markersize=3, label=key)
             ax.set_title(title)
             ax.set_xlabel("iteration")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if series:
                 ax.legend(fontsize=7)
