@@ -166,7 +166,7 @@ def _check_inputs(batch, advantages: torch.Tensor, returns: torch.Tensor) -> Non
             raise ValueError(
                 f"ppo_update: {name} has shape {tuple(t.shape)}, the batch's action_mask {shape}"
             )
-        if not torch.isfinite(t[batch.action_mask.bool()]).all():
+        if not torch.isfinite(t[batch.action_mask.bool().to(t.device)]).all():
             raise ValueError(f"ppo_update: {name} holds NaN or inf on action tokens")
 
 
