@@ -422,3 +422,11 @@ def test_train_task_checkpoints_and_is_resumable(tmp_path):
         assert (Path(out["model_dir"]) / "model.safetensors").read_bytes() == weights  # no second step
         policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
     assert latest_checkpoint(dd.run_dir("r1")).name == "iter-00001"
+
+
+def test_timing_metrics():
+    from gae.train import timing_metrics
+
+    m = timing_metrics({"gen": 1.0, "update_actor": 2.0, "step": 4.0}, n_tokens=400)
+    # throughput = 400 tokens / 4 s = 100; other = 4 - (1 + 2) = 1
+    assert m["perf/throughput"] == 100.0 and m["timing_s/other"] == 1.0 and m["timing_s/gen"] == 1.0
