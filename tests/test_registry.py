@@ -24,7 +24,9 @@ def empty_store(request, tmp_path_factory):
     import mlflow
     from mlflow import MlflowClient
 
-    cached = request.config.cache.mkdir(f"gae-mlflow-{mlflow.__version__}") / "mlflow.db"
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    folder = cache.mkdir(f"gae-mlflow-{mlflow.__version__}") if cache else tmp_path_factory.mktemp("mlflow")
+    cached = folder / "mlflow.db"
     if not cached.exists():
         tmp = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
         MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
