@@ -945,6 +945,15 @@ def ingest(
     t0 = time.perf_counter()
     files, skipped = resolve_inputs(list(paths)) if paths is not None else ([], [])
     dd = data_dir if isinstance(data_dir, DataDir) else DataDir.resolve(data_dir)
+    # `gae ingest .` must not read the project's own data directory (Parquet, MLflow, checkpoints);
+    # a file named explicitly is read wherever it is
+    named = {Path(p).expanduser().resolve() for p in paths or []}
+    ours = [f for f in files if dd.root.resolve() in f.parents and f not in named]
+    if ours:
+        files = [f for f in files if f not in ours]
+        skipped += ours
+        if not files:
+            raise FileNotFoundError(f"nothing readable outside the data directory {dd.root}")
     summary = IngestSummary(
         ingest_id=new_ingest_id(), database=str(dd.db), skipped_files=[str(p) for p in skipped]
     )

@@ -338,6 +338,15 @@ def test_missing_path_and_nothing_readable(tmp_path):
     assert not (tmp_path / "d").exists()  # nothing written
 
 
+def test_data_dir_inside_the_input_is_not_read(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(jl({"text": "A corpus file next to the data directory."}))
+    ingest([tmp_path], data_dir=tmp_path / "gae-data")
+    (tmp_path / "gae-data" / "x.jsonl").write_bytes(jl({"text": "Inside the data directory."}))
+    s = ingest([tmp_path], data_dir=tmp_path / "gae-data")
+    assert (s.files, s.records) == (1, 1)
+    assert str((tmp_path / "gae-data" / "x.jsonl").resolve()) in s.skipped_files
+
+
 def test_glob_and_too_large(tmp_path):
     for i in range(3):
         (tmp_path / f"f{i}.jsonl").write_bytes(jl({"text": f"File {i} says hello."}) + jl({"text": "x" * 50}))
