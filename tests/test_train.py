@@ -430,3 +430,75 @@ def test_timing_metrics():
     m = timing_metrics({"gen": 1.0, "update_actor": 2.0, "step": 4.0}, n_tokens=400)
     # throughput = 400 tokens / 4 s = 100; other = 4 - (1 + 2) = 1
     assert m["perf/throughput"] == 100.0 and m["timing_s/other"] == 1.0 and m["timing_s/gen"] == 1.0
+
+
+def test_task_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
+    """3 iterations straight == 1 iteration, a 'restart' (every RNG disturbed), then 2 more:
+    the task keeps nothing in memory between iterations, so all state must be on disk."""
+    from safetensors.torch import save_file
+
+    from gae.models import load_model, save_model
+    from gae.paths import DataDir
+    from gae.shaping import ShapingConfig
+    from tasks.train import train_iteration
+
+    base = save_model(tiny_model(seed=3), tmp_path / "base")
+    shaping = ShapingConfig.model_validate({"kl": {"coef": 0.05, "target": 1.0, "horizon": 100}})
+    ppo = PPOConfig(epochs=2, minibatches=2, actor_lr=3e-3, lr_schedule="cosine").model_dump(mode="json")
+
+    def run_iterations(dd, iterations, policy_dir, kl_coef):
+        for it in iterations:
+            bdir = dd.iteration_dir("r", it) / "batch"
+            batch = synthetic_batch(load_model(policy_dir), seed=it)  # rollouts of the current policy
+            batch.save(bdir)
+            _, rewards, adv, ret = advantages_of(batch)
+            tensors = {
+                "token_rewards": rewards,
+                "kl": torch.zeros_like(rewards),
+                "advantages": adv,
+                "returns": ret,
+            }
+            save_file(tensors, str(bdir / "advantages.safetensors"))
+            out = train_iteration.fn(
+                str(dd.root),
+                "r",
+                it,
+                policy_dir,
+                str(bdir),
+                str(bdir / "advantages.safetensors"),
+                ppo,
+                shaping.model_dump(mode="json"),
+                kl_coef=kl_coef,
+                mean_kl=0.5,
+                total_iterations=3,
+                device="cpu",
+            )
+            policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
+        return policy_dir, kl_coef
+
+    a = DataDir.resolve(tmp_path / "a").ensure()
+    final_a, kl_a = run_iterations(a, range(3), str(base), 0.05)
+
+    b = DataDir.resolve(tmp_path / "b").ensure()
+    policy_b, kl_b = run_iterations(b, range(1), str(base), 0.05)
+    torch.manual_seed(12345)  # a new process: nothing of the first one survives but files
+    torch.randn(1000)
+    final_b, kl_b = run_iterations(b, range(1, 3), policy_b, kl_b)
+
+    assert kl_a == kl_b
+    assert (Path(final_a) / "model.safetensors").read_bytes() == (
+        Path(final_b) / "model.safetensors"
+    ).read_bytes()
+
+    # ... and both equal one process keeping model and optimizer in memory throughout, so
+    # the checkpoint carries everything the update depends on (AdamW moments and steps).
+    cfg = PPOConfig.model_validate(ppo)
+    model = load_model(base)
+    opt = build_optimizer(model, cfg)
+    for it in range(3):
+        batch = synthetic_batch(model, seed=it)
+        _, _, adv, ret = advantages_of(batch)
+        ppo_update(model, opt, batch, adv, ret, cfg, iteration=it, total_iterations=3)
+    resumed = load_model(final_b)
+    for (k, x), y in zip(model.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
