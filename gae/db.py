@@ -92,6 +92,13 @@ def _lock_message(dd: DataDir, duckdb_msg: str) -> str:
     )
 
 
+def register_store_views(
+    con: duckdb.DuckDBPyConnection, data_dir: DataDir | str | os.PathLike | None
+) -> None:
+    """The TEMP views over Parquet (`gae.store.register_views`), when that module exists."""
+    _register_store_views(con, _as_data_dir(data_dir))
+
+
 def _register_store_views(con: duckdb.DuckDBPyConnection, dd: DataDir) -> None:
     try:
         store = importlib.import_module("gae.store")

@@ -103,3 +103,14 @@ def test_ingest_missing_path_exits_nonzero(tmp_path):
 def test_query_unknown_name(data_dir):
     res = runner.invoke(app, ["query", "nope", "--data-dir", str(data_dir)])
     assert res.exit_code != 0 and "gae query --list" in str(res.exception)
+
+
+def test_parquet_views_registered_on_demand(data_dir):
+    pytest.importorskip("gae.store")
+    out = runner.invoke(
+        app, ["sql", "select count(*) as n from tokens", "--data-dir", str(data_dir), "-f", "json"]
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == [{"n": 0}]
+    out = runner.invoke(app, ["sql", "select * from no_such_table", "--data-dir", str(data_dir)])
+    assert "no_such_table does not exist" in str(out.exception)

@@ -28,9 +28,9 @@ def register(app: typer.Typer) -> None:
         _check_format(fmt)
         from gae.db import connect
 
-        con = connect(data_dir, read_only=True)
+        con = connect(data_dir, read_only=True, views=False)
         try:
-            rel = _run(con, query)
+            rel = _with_views(con, data_dir, lambda: con.sql(query))
             _print(rel, fmt, max_rows)
         finally:
             con.close()
@@ -66,9 +66,9 @@ def register(app: typer.Typer) -> None:
             params[k.strip()] = coerce_param(v)
         if name not in queries:
             raise ValueError(f"no named query {name!r}; `gae query --list` shows them: {', '.join(queries)}")
-        con = connect(data_dir, read_only=True)
+        con = connect(data_dir, read_only=True, views=False)
         try:
-            _print(_guard(lambda: run_query(con, name, params)), fmt, max_rows)
+            _print(_with_views(con, data_dir, lambda: run_query(con, name, params)), fmt, max_rows)
         finally:
             con.close()
 
@@ -78,8 +78,20 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
-def _run(con, query: str):
-    return _guard(lambda: con.sql(query))
+def _with_views(con, data_dir, fn):
+    """Run without the Parquet views first: registering them imports gae.store, and with it torch
+    (seconds). A query that names a table the database lacks (tokens, rollouts) gets them and a retry."""
+    import duckdb
+
+    from gae.db import register_store_views
+
+    try:
+        return fn()
+    except duckdb.CatalogException:
+        register_store_views(con, data_dir)
+    except duckdb.Error as exc:
+        raise _clear(exc) from None
+    return _guard(fn)
 
 
 def _guard(fn):
@@ -89,13 +101,17 @@ def _guard(fn):
     try:
         return fn()
     except duckdb.Error as exc:
-        msg = str(exc)
-        if "read-only mode" in msg:
-            raise RuntimeError(
-                "gae sql and gae query are read-only: the statement would change the database and was refused, "
-                "nothing was changed (data gets in through `gae ingest` and the pipeline)"
-            ) from None
-        raise RuntimeError(msg.strip()) from None
+        raise _clear(exc) from None
+
+
+def _clear(exc: Exception) -> RuntimeError:
+    msg = str(exc)
+    if "read-only mode" in msg:
+        return RuntimeError(
+            "gae sql and gae query are read-only: the statement would change the database and was refused, "
+            "nothing was changed (data gets in through `gae ingest` and the pipeline)"
+        )
+    return RuntimeError(msg.strip())
 
 
 def _print(rel, fmt: str, max_rows: int) -> None:
