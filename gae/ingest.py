@@ -919,6 +919,10 @@ def _units(con, files: list[Path], cfg: IngestConfig) -> Iterator[tuple[list[tup
 
 def _default_unit() -> tuple[list[tuple[str, str]], object]:
     tbl = default_corpus()
+    if tbl.num_rows == 0:  # an interpreter installed without its .py sources and pydoc_data
+        raise FileNotFoundError(
+            "this Python ships no standard-library sources or help topics: pass corpus paths"
+        )
     srcs = [(u, "text") for u in dict.fromkeys(tbl["source"].to_pylist())]
     return srcs, (lambda: iter([(tbl, sum(len(x.encode()) for x in tbl["body"].to_pylist()))]))
 
