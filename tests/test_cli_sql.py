@@ -114,3 +114,12 @@ def test_parquet_views_registered_on_demand(data_dir):
     assert json.loads(out.output) == [{"n": 0}]
     out = runner.invoke(app, ["sql", "select * from no_such_table", "--data-dir", str(data_dir)])
     assert "no_such_table does not exist" in str(out.exception)
+
+
+def test_ingest_default_corpus(tmp_path):
+    res = runner.invoke(app, ["ingest", "--data-dir", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.output)
+    assert s["inserted"] > 1000 and s["prompts"] > 1000 and s["quarantined"] == 0
+    assert s["records"] == s["inserted"] + s["duplicates"]
+    assert all(f["source"].startswith("python-stdlib:") for f in s["sources"])
