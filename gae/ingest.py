@@ -12,7 +12,8 @@ in one vectorised pass. `read_json(format=newline_delimited, ignore_errors=true)
 faster still but cannot say which lines it skipped, and a quarantine must. JSON arrays, CSV
 and Parquet go through DuckDB's own readers and `to_json(row)`, so one SQL path picks the
 text field for every format. Only plain text is decoded in Python (per file or per block,
-not per line), and prompts are cut in Python (per new document).
+not per line). Prompts are cut by `sql/ingest/cut_prompts.sql`, one set-based pass per passage
+number; `cut_passages` is the same rule in Python, the reference the tests compare against.
 """
 
 from __future__ import annotations
