@@ -91,10 +91,14 @@ def test_held_write_lock_is_a_clear_error(data_dir):
 
 def test_named_queries_listed_and_bound(data_dir):
     queries = db.list_queries()
-    for name in ("corpus_summary", "ingest_errors_by_reason", "prompts_by_split", "ingests"):
+    for name in ("corpus_summary", "ingest_errors_by_reason", "prompts_by_split", "ingests", "check_corpus"):
         assert queries[name]  # a one-line description
     con = db.connect(data_dir, read_only=True)
     try:
+        # every corpus query runs with its defaults
+        got = {q: db.run_query(con, q).fetchall() for q in ("corpus_summary", "ingests", "check_corpus")}
+        assert sum(r[2] for r in got["corpus_summary"]) == 41 and len(got["ingests"]) == 1
+        assert got["check_corpus"] == [] and db.run_query(con, "ingest_errors_by_reason").fetchall() == []
         rows = db.run_query(con, "prompts_by_split", {"split": "train", "limit": 3}).fetchall()
         assert 1 <= len(rows) <= 3
         assert db.run_query(con, "corpus_summary").fetchall()
