@@ -64,8 +64,13 @@ def tracking_uri(data_dir: DataDir | str | os.PathLike | None = None) -> str:
 
 
 def _artifact_location(data_dir: DataDir) -> str | None:
-    """Artifacts beside the embedded store; a team server picks its own (None)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    """Artifacts beside the embedded store; a team server picks its own (None).
+
+    Decided from the URI in use, not from the environment variable: `use_tracking_uri`
+    sets that variable for a block, and an experiment created inside one must still get
+    `<data-dir>/mlartifacts` (else MLflow falls back to ./mlruns in the working directory).
+    """
+    if tracking_uri(data_dir) != f"sqlite:///{data_dir.mlflow_db}":
         return None
     return data_dir.mlflow_artifacts.resolve().as_uri()
 

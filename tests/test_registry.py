@@ -92,8 +92,10 @@ def test_register_then_load_champion_in_a_separate_process(data_dir, policy_dir)
     assert {p["name"] for p in out["sig"]} == {"max_new_tokens", "temperature", "top_p", "seed"}
 
 
-def test_champion_moves_only_on_improvement(data_dir, policy_dir):
+def test_champion_moves_only_on_improvement(data_dir, policy_dir, tmp_path, monkeypatch):
     from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # MLflow's fallback artifact root is ./mlruns: it must stay unused
 
     from gae.registry import list_versions, load_policy, log_and_register
 
@@ -125,6 +127,8 @@ def test_champion_moves_only_on_improvement(data_dir, policy_dir):
     )
     assert len(texts) == 1
     assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert not (tmp_path / "mlruns").exists()
+    assert list((data_dir.mlflow_artifacts / "models").iterdir())  # the logged models live here
 
 
 def test_register_under_the_pipeline_run_keeps_it_running(data_dir, policy_dir):
