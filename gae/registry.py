@@ -7,7 +7,8 @@
 A version bundles the weights (safetensors + config.json), the tokenizer and the run's
 config; `predict` takes a list of prompt strings or a DataFrame with a `prompt` column
 and returns the generated continuations (gae.rollout.generate_text). Loading needs the
-`gaeflow` package importable (the model's code) and the pinned `pip_requirements`.
+`gaeflow` package importable (the model's code) and the pinned `pip_requirements`; it runs
+on CUDA when available, or on the device named by `GAE_DEVICE` (auto, cpu, cuda).
 
 Aliases: every new version gets `candidate`; `champion` moves to a version only when its
 eval score (mean reward on the held-out eval prompts) beats the current champion's. The

@@ -66,7 +66,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {prompt, text}."),
     ) -> None:
         """Generate with a registered policy, loaded through MLflow exactly as other users load it."""
+        from gae.device import configure_threads
         from gae.registry import load_policy
+
+        configure_threads("auto")  # one torch thread on 2-core machines (faster there, see bench/RESULTS.md)
 
         try:
             policy = load_policy(model, data_dir=data_dir)
