@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 .PHONY: run test lint bench setup setup-dev clean
 
 run: $(VENV)/.setup
-	$(BIN)/gae demo
+	$(BIN)/gae run $(RUN_ARGS)
 
 test: $(VENV)/.setup-dev
 	$(BIN)/ruff check gae tasks flows tests bench

@@ -54,7 +54,7 @@ def rl_iteration(
     stage = str(it_dir / "stage")  # store files wait here until the iteration is complete
     clock = _Clock()
     batch_dir = clock(
-        "gen",
+        "rollout",
         rollout_task,
         data_dir,
         policy_dir,
@@ -129,6 +129,7 @@ def rl_iteration(
         cfg["registry"]["experiment"],
         timings=clock.timings,
         n_tokens=stored.get("token_rows", 0),
+        batch_dir=batch_dir,
     )
     clock("store", publish_iteration, data_dir, stage, run["run_id"], iteration)
     summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
@@ -146,16 +147,18 @@ def rl_iteration(
 @flow(name="rl-pipeline", log_prints=True)
 def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     """The whole workflow on one data directory; a rerun of the same command resumes."""
+    from gae.device import configure_threads
     from gae.lock import writer_lock
     from gae.paths import DataDir
 
+    configure_threads("auto")  # one intra-op thread on <= 2 cores: a second one makes small models slower
     config = config or PipelineConfig()
     cfg = config.model_dump(mode="json")
     dd = DataDir.resolve(config.data_dir).ensure()
     data_dir = str(dd.root)
     logger = get_run_logger()
     with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"):
-        summary = ingest_task(data_dir, config.corpus, cfg["ingest"])
+        summary = ingest_task(data_dir, config.corpus, cfg["ingest"], skip_unchanged=True)
         base = pretrain_task(data_dir, cfg["model"], cfg["pretrain"], device=config.device)
         run = start_run(data_dir, cfg, resume=config.resume)
         logger.info(

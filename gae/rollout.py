@@ -203,6 +203,12 @@ def _pad_to(t: torch.Tensor, width: int, value, *, left: bool) -> torch.Tensor:
     return torch.cat([fill, t] if left else [t, fill], 1)
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA work so a stage's wall time is its own."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig, *, device) -> RolloutBatch:
     """Sample `cfg.n_samples` responses per prompt and score them with the policy and the reference.
 
@@ -266,6 +272,8 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
         "logprobs": torch.cat([_pad_to(c["logprobs"], T, 0.0, left=False) for c in chunks]),
     }
     finish = [f for c in chunks for f in c["finish_reasons"]]
+    _sync(device)
+    timing = {"gen": time.perf_counter() - started, "values": 0.0, "ref": 0.0}
     logprobs, values, last_values, ref_logprobs = [], [], [], []
     with torch.no_grad():
         for s in range(0, len(row_prompt), cfg.batch_size):
@@ -276,9 +284,17 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
                 cat["response_tokens"][sl],
                 cat["action_mask"][sl],
             )
+            t0 = time.perf_counter()
             with autocast(device, bf16=cfg.bf16):
                 out = score_responses(policy, *args)
+            _sync(device)
+            t1 = time.perf_counter()
+            with autocast(device, bf16=cfg.bf16):
                 ref_out = score_responses(ref, *args)
+            _sync(device)
+            # The policy's pass yields the stored log-probs and the critic's values together.
+            timing["values"] += t1 - t0
+            timing["ref"] += time.perf_counter() - t1
             logprobs.append(out.logprobs.float())
             values.append(out.values.float())
             last_values.append(out.last_values.float())
@@ -313,6 +329,7 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
             "truncated_prompts": truncated,
             "generated_tokens": n_tokens,
             "seconds": round(seconds, 4),
+            "timing_s": {k: round(v, 4) for k, v in timing.items()},
             "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
             "logprobs_source": "score_responses" if cfg.recompute_logprobs else "sampling",
         },

@@ -6,18 +6,45 @@ from prefect import get_run_logger, task
 
 
 @task(name="ingest-corpus")
-def ingest_task(data_dir: str | None, paths: list[str] | None = None, options: dict | None = None) -> dict:
+def ingest_task(
+    data_dir: str | None,
+    paths: list[str] | None = None,
+    options: dict | None = None,
+    *,
+    skip_unchanged: bool = False,
+) -> dict:
     """Run `gae.ingest.ingest` and return its summary as a dict (counts, quarantine by reason,
     `ingest_id` and `database`), not the data: later tasks read documents and prompts from
     DuckDB by `ingest_id` or split. Idempotent (a rerun adds nothing), so safe to rerun.
 
     options: a `gae.ingest.IngestConfig` as a dict. The caller holds the data directory's
     writer lock (the flows do); this task does not take it, so it can run inside rl-pipeline.
+
+    skip_unchanged: when the database already holds this corpus (same files, sizes,
+    modification times and options; `gae.fingerprint`), return the recorded summary with
+    `skipped: True` instead of reading the files again.
     """
+    from gae import db, fingerprint
     from gae.ingest import IngestConfig, ingest
 
     cfg = IngestConfig.model_validate(options or {})
+    fp = fingerprint.corpus_fingerprint(paths, cfg.model_dump(mode="json"))
+    if skip_unchanged:
+        con = db.connect(data_dir, views=False)
+        try:
+            seen = fingerprint.lookup(con, fp)
+        finally:
+            con.close()
+        if seen is not None:
+            get_run_logger().info("corpus unchanged since ingest %s: skipped", seen["ingest_id"])
+            return {**seen, "skipped": True}
     summary = ingest(paths, data_dir=data_dir, options=cfg)
     get_run_logger().info("%s", summary.render())
     # per-file rows stay in the database (`gae query ingests`); the result keeps the totals
-    return summary.model_dump(mode="json", exclude={"sources"})
+    out = summary.model_dump(mode="json", exclude={"sources"})
+    con = db.connect(data_dir, views=False)
+    try:
+        fingerprint.record(con, fp, out["ingest_id"], out)
+    finally:
+        con.close()
+    return {**out, "skipped": False}

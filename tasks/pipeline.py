@@ -173,18 +173,24 @@ def log_iteration(
     *,
     timings: dict | None = None,
     n_tokens: int = 0,
+    batch_dir: str | None = None,
 ) -> str:
     """Metrics and sample generations to MLflow (step = iteration), and Prefect artifacts:
     a markdown summary linking the MLflow run, and a table of sample generations.
 
-    timings: wall seconds per stage (`gen`, `reward`, `adv`, `store`, `update`, `eval`,
-    `step`); they become `timing_s/*` and `perf/throughput` (stored tokens per second)."""
+    timings: wall seconds per stage (`rollout`, `reward`, `adv`, `store`, `update`, `eval`,
+    `step`); they become `timing_s/*` and `perf/throughput` (stored tokens per second). The
+    rollout's own split (`gen` sampling, `values` policy+critic pass, `ref` reference pass)
+    comes from the batch's metadata in `batch_dir`."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from gae.tracking import Tracker, tracking_uri
     from gae.train import timing_metrics
 
     metrics = dict(metrics)
+    if batch_dir is not None:
+        meta = read_json(Path(batch_dir) / "batch.json").get("meta", {})
+        metrics.update({f"timing_s/{k}": float(v) for k, v in (meta.get("timing_s") or {}).items()})
     if timings:
         # The trainer measured its own phases (update_actor or update_critic); keep those.
         metrics.update(

@@ -21,6 +21,10 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="gae-prefect-home-
 import torch  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+if (os.cpu_count() or 1) <= 2:
+    # On a 2-core machine a second intra-op thread makes the small test models slower, and
+    # numba's pool would fight it (stack-notes.md).
+    torch.set_num_threads(1)
 if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 

@@ -37,10 +37,11 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None
     raise TimeoutError("prefect server did not become healthy")
 
 
-async def trigger_and_wait(name: str, parameters: dict, timeout: float = 180):
-    from prefect.client.orchestration import get_client
+async def trigger_and_wait(url: str, name: str, parameters: dict, timeout: float = 180):
+    # An explicit client: inside the session's test harness, settings point get_client() elsewhere.
+    from prefect.client.orchestration import PrefectClient
 
-    async with get_client() as client:
+    async with PrefectClient(url) as client:
         deadline = time.time() + 60
         while True:  # `gae serve` registers the deployments shortly after it starts
             try:
@@ -92,20 +93,12 @@ def test_served_deployment_runs_when_triggered_like_the_ui(tmp_path):
             '{"text": "床前明月光，疑是地上霜。举头望明月，低头思故乡。"}\n{"text": "The moon is bright tonight."}\n',
             encoding="utf-8",
         )
-        old = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            fr = asyncio.run(
-                trigger_and_wait(
-                    "ingest-corpus/on-demand", {"paths": [str(corpus)], "data_dir": str(data_dir)}
-                )
+        fr = asyncio.run(
+            trigger_and_wait(
+                url, "ingest-corpus/on-demand", {"paths": [str(corpus)], "data_dir": str(data_dir)}
             )
-            schedules = asyncio.run(deployment_schedules("rl-pipeline/nightly"))
-        finally:
-            if old is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = old
+        )
+        schedules = asyncio.run(deployment_schedules(url, "rl-pipeline/nightly"))
         assert fr.state.is_completed(), fr.state
         assert schedules == ["0 4 * * *"]
         con = duckdb.connect(str(data_dir / "gae.duckdb"), read_only=True)
@@ -124,9 +117,9 @@ def test_served_deployment_runs_when_triggered_like_the_ui(tmp_path):
                     p.kill()
 
 
-async def deployment_schedules(name: str) -> list[str]:
-    from prefect.client.orchestration import get_client
+async def deployment_schedules(url: str, name: str) -> list[str]:
+    from prefect.client.orchestration import PrefectClient
 
-    async with get_client() as client:
+    async with PrefectClient(url) as client:
         dep = await client.read_deployment_by_name(name)
         return [s.schedule.cron for s in dep.schedules]

@@ -86,6 +86,10 @@ def test_smoke_pipeline_end_to_end(prefect_api, tmp_path):
         "eval/reward/mean",
         "timing_s/adv",
         "timing_s/gen",
+        "timing_s/ref",
+        "timing_s/values",
+        "timing_s/store",
+        "timing_s/update_actor",
         "timing_s/step",
         "perf/throughput",
     } <= set(run.data.metrics)
