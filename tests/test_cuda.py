@@ -1,0 +1,409 @@
+"""The GPU path (issue 8): the Triton GAE against the float64 reference on every case the CPU
+tests cover, `compute_gae` picking Triton on CUDA, rollouts, scoring and the PPO update
+keeping their tensors on the device, bf16 autocast, and `bench/gpu.py`.
+
+Tests marked `cuda` are skipped with a reason on machines without a GPU (tests/conftest.py).
+The unmarked ones run everywhere: the Triton kernel on a long row (through the interpreter
+on CPU, `TRITON_INTERPRET=1`), the device-to-host copy counter of bench/gpu.py, its
+one-line refusal without CUDA, and its `--cpu-dry-run` end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gae.advantages import AdvantageInputError, _pick_backend, compute_gae, gae_reference
+from gae.kernels import triton_available
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_CUDA = torch.cuda.is_available()
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed (gaeflow[gpu])")
+TEXT = (
+    "The river ran past the mill and the miller counted the sacks. He was a careful man. "
+    "Every evening he wrote the numbers in a book, and every morning he read them again. "
+)
+
+
+def batch(B, T, *, seed, contiguous=False, dtype=torch.float64):
+    """Random rows on CPU in float64: contiguous masks (a prefix per row, empty rows
+    included) or scattered ones; rewards only on action tokens."""
+    g = torch.Generator().manual_seed(seed)
+    if contiguous:
+        lengths = torch.randint(0, T + 1, (B,), generator=g)
+        mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    else:
+        mask = torch.rand(B, T, generator=g) < 0.7
+    rewards = torch.where(mask, torch.randn(B, T, generator=g, dtype=dtype), torch.zeros((), dtype=dtype))
+    values = torch.randn(B, T, generator=g, dtype=dtype)
+    last_value = torch.randn(B, generator=g, dtype=dtype)
+    return rewards, values, mask, last_value
+
+
+def triton_on(device, r, v, m, lv, **kw):
+    out = compute_gae(
+        r.to(device), v.to(device), m.to(device), last_value=lv.to(device), backend="triton", **kw
+    )
+    return tuple(x.cpu() for x in out)
+
+
+# --------------------------------------------------------------------------- runs everywhere
+
+
+@needs_triton
+def test_triton_long_row_chunk_carries():
+    # T = 5000 is 79 chunks of 64 under the interpreter (3 of 2048 on a GPU): the state at
+    # each chunk's first position must carry into the chunk before it, through chunks with
+    # no action at all (row 1, t in [1000, 3000): observation tokens), with a bootstrap
+    # value and NaN in every padding value (never read: results match the reference, which
+    # never reads them either).
+    device = "cuda" if HAS_CUDA else "cpu"
+    T = 5000
+    r, v, m, lv = batch(2, T, seed=7)
+    t = torch.arange(T)
+    m[1] = (t < 1000) | ((t >= 3000) & (t < T - 10))
+    r = torch.where(m, r, 0.0)
+    v = torch.where(m, v, torch.tensor(float("nan"), dtype=v.dtype))
+    ea, er = gae_reference(r, v, m, gamma=0.999, lam=0.97, last_value=lv)
+    adv, ret = triton_on(device, r.float(), v.float(), m, lv.float(), gamma=0.999, lam=0.97)
+    # float32 over ~3500 steps of a sum with weights near 1: errors grow with the row length.
+    torch.testing.assert_close(adv.double(), ea, rtol=1e-4, atol=2e-3)
+    torch.testing.assert_close(ret.double(), er, rtol=1e-4, atol=2e-3)
+    assert bool((adv[~m] == 0).all()) and bool((ret[~m] == 0).all())
+    # row 1 between its two spans: t = 999 sees the first action of the second span (t = 3000)
+    # as its next step, with no discount for the 2000 observation tokens in between.
+    gl = 0.999 * 0.97
+    delta_999 = r[1, 999] + 0.999 * v[1, 3000] - v[1, 999]
+    assert float(ea[1, 999]) == pytest.approx(float(delta_999 + gl * ea[1, 3000]), rel=1e-12)
+    assert float(adv[1, 999]) == pytest.approx(float(ea[1, 999]), rel=1e-4, abs=2e-3)
+
+
+def test_dtoh_counter_reads_kineto_memcpy_events():
+    # The event shapes Kineto writes to a Chrome trace: only device-to-host copies count,
+    # with their byte sizes; kernels, host-to-device and device-to-device copies do not.
+    from bench.gpu import dtoh_sizes
+
+    events = [
+        {"cat": "kernel", "name": "_gae_row", "args": {}},
+        {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pageable)", "args": {"bytes": 4096}},
+        {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "args": {"bytes": 12}},
+        {"cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "args": {"bytes": 999}},
+        {"cat": "gpu_memcpy", "name": "Memcpy DtoD (Device -> Device)", "args": {"bytes": 7}},
+        {"cat": "cuda_runtime", "name": "cudaMemcpyAsync", "args": {}},
+    ]
+    assert dtoh_sizes(events) == [4096, 12]
+    assert dtoh_sizes([]) == []
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal on a machine without CUDA")
+def test_bench_gpu_without_cuda_exits_2_with_one_line():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0], p.stderr
+
+
+@pytest.mark.slow
+@needs_triton
+def test_bench_gpu_cpu_dry_run(tmp_path):
+    # Every section on CPU at tiny sizes (about a minute on 2 cores, most of it the flow:
+    # a temporary Prefect server, ingest, pretraining, two iterations).
+    out = tmp_path / "gpu.md"
+    env = {**os.environ, "GAE_DATA_DIR": str(tmp_path / "unused")}
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("Copy bandwidth", "GAE, float32", "Rollout generation", "by stage", "Pipeline: smoke"):
+        assert heading in text, heading
+    assert "CPU dry run" in text
+    assert "| triton |" in text  # the dry run times the Triton kernel (interpreted), not numba
+    assert "`timing_s/step`" in text and "`timing_s/gen`" in text and "`timing_s/update`" in text
+    assert not (tmp_path / "mlruns").exists()
+
+
+# --------------------------------------------------------------------------- CUDA only
+
+GAMMA_LAM = [(0.0, 0.0), (0.5, 1.0), (0.95, 0.9), (1.0, 1.0), (1.0, 0.0)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (7, 1), (6, 33), (4, 130), (3, 2049), (64, 4096)])
+def test_triton_matches_reference(shape, contiguous):
+    B, T = shape
+    for i, (gamma, lam) in enumerate(GAMMA_LAM):
+        r, v, m, lv = batch(B, T, seed=B * 1000 + T + i, contiguous=contiguous)
+        rows = slice(0, min(B, 8))  # the Python reference is slow: check the first rows
+        ea, er = gae_reference(r[rows], v[rows], m[rows], gamma=gamma, lam=lam, last_value=lv[rows])
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-4 * max(1.0, T / 1000))):
+            adv, ret = triton_on("cuda", r.to(dtype), v.to(dtype), m, lv.to(dtype), gamma=gamma, lam=lam)
+            assert adv.dtype == dtype
+            torch.testing.assert_close(adv[rows].double(), ea, rtol=tol, atol=tol)
+            torch.testing.assert_close(ret[rows].double(), er, rtol=tol, atol=tol)
+            assert bool((adv[~m] == 0).all()) and bool((ret[~m] == 0).all())
+            # every row against the torch loop on the device
+            ta, tr = compute_gae(
+                r.to("cuda", dtype), v.to("cuda", dtype), m.cuda(), gamma=gamma, lam=lam,
+                last_value=lv.to("cuda", dtype), backend="torch",
+            )  # fmt: skip
+            torch.testing.assert_close(adv, ta.cpu(), rtol=tol, atol=tol)
+            torch.testing.assert_close(ret, tr.cpu(), rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("T", [8192, 32768])
+def test_triton_long_rows_on_gpu(T):
+    # Up to 32k positions (16 chunks of 2048): observation spans, bootstrap, float64 exact.
+    r, v, m, lv = batch(2, T, seed=T)
+    t = torch.arange(T)
+    m[1] = (t % 5000 < 3000) & (t < T - 3)
+    r = torch.where(m, r, 0.0)
+    ea, er = gae_reference(r, v, m, gamma=0.999, lam=0.95, last_value=lv)
+    adv, ret = triton_on("cuda", r, v, m, lv, gamma=0.999, lam=0.95)
+    torch.testing.assert_close(adv, ea, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ret, er, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.cuda
+def test_triton_padding_garbage_bit_identical_and_non_contiguous():
+    r, v, m, lv = batch(8, 300, seed=11, dtype=torch.float32)
+    a1, r1 = triton_on("cuda", r, v, m, lv, gamma=0.99, lam=0.95)
+    garbage = torch.where(m, v, torch.tensor(float("nan")))
+    garbage[0, ~m[0]] = float("inf")
+    garbage[1, ~m[1]] = 3e38
+    a2, r2 = triton_on("cuda", r, garbage, m, lv, gamma=0.99, lam=0.95)
+    assert torch.equal(a1, a2) and torch.equal(r1, r2)
+    # strided views (every other column, transposed storage) give the same bits
+    big_r = torch.zeros(8, 600, device="cuda")
+    big_r[:, ::2] = r.cuda()
+    big_v = torch.randn(600, 8, device="cuda").t()
+    big_v[:, ::2] = v.cuda()
+    big_m = torch.zeros(8, 600, dtype=torch.bool, device="cuda")
+    big_m[:, ::2] = m.cuda()
+    a3, r3 = compute_gae(
+        big_r[:, ::2],
+        big_v[:, ::2],
+        big_m[:, ::2],
+        gamma=0.99,
+        lam=0.95,
+        last_value=lv.cuda(),
+        backend="triton",
+    )
+    assert torch.equal(a3.cpu(), a1) and torch.equal(r3.cpu(), r1)
+
+
+@pytest.mark.cuda
+def test_triton_empty_rows_and_empty_batch():
+    r, v, m, lv = batch(5, 20, seed=3, dtype=torch.float32)
+    m[1] = False
+    m[3] = False
+    r = torch.where(m, r, 0.0)
+    adv, ret = triton_on("cuda", r, v, m, lv, gamma=0.9, lam=0.9)
+    assert bool((adv[[1, 3]] == 0).all()) and bool((ret[[1, 3]] == 0).all())
+    z = torch.zeros(0, 5, device="cuda")
+    ea, er = compute_gae(z, z, z.bool(), gamma=1, lam=1, backend="triton")
+    assert ea.shape == (0, 5) and ea.device.type == "cuda"
+
+
+@pytest.mark.cuda
+def test_hand_computed_on_gpu():
+    # Actions at t = 0 and t = 3 (t = 1, 2 are tool output), gamma = 1, lam = 1, last_value = 10.
+    # delta_3 = 2 + 1*10 - 3 = 9 -> A_3 = 9;  delta_0 = 0 + 1*3 - 1 = 2 -> A_0 = 2 + 9 = 11.
+    r = torch.tensor([[0.0, 0.0, 0.0, 2.0]], device="cuda")
+    v = torch.tensor([[1.0, -50.0, 77.0, 3.0]], device="cuda")
+    m = torch.tensor([[1, 0, 0, 1]], device="cuda")
+    adv, ret = compute_gae(r, v, m, gamma=1.0, lam=1.0, last_value=torch.tensor([10.0], device="cuda"))
+    assert adv.device.type == "cuda"
+    assert adv.tolist() == [[11.0, 0.0, 0.0, 9.0]] and ret.tolist() == [[12.0, 0.0, 0.0, 12.0]]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("where", "tensor", "bad", "expected"),
+    [
+        ((1, 4), "values", float("nan"), r"values\[1, 4\]"),
+        ((4, 0), "rewards", float("inf"), r"rewards\[4, 0\]"),
+        ((2, 2999), "values", float("-inf"), r"values\[2, 2999\]"),  # last position, second chunk
+    ],
+)
+def test_triton_errors_name_first_bad_position(where, tensor, bad, expected):
+    r, v, m, _ = batch(5, 3000, seed=0, dtype=torch.float32)
+    m[:] = True
+    x = {"rewards": r, "values": v}[tensor]
+    x[where] = bad
+    if where[0] < 3:
+        v[3, 1] = float("nan")  # a later bad row is not the one reported
+    with pytest.raises(AdvantageInputError, match=expected):
+        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, backend="triton")
+
+
+@pytest.mark.cuda
+def test_triton_stray_reward_and_last_value_errors():
+    r, v, m, lv = batch(3, 8, seed=0, dtype=torch.float32)
+    m[:, 5:] = False
+    r[:, 5:] = 0.0
+    r[2, 7] = 1e-45  # the smallest float32 subnormal is not zero
+    with pytest.raises(AdvantageInputError, match=r"rewards\[2, 7\].*non-action"):
+        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, backend="triton")
+    r[2, 7] = 0.0
+    lv[1] = float("nan")
+    with pytest.raises(AdvantageInputError, match=r"last_value\[1\]"):
+        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, last_value=lv.cuda(), backend="triton")
+
+
+@pytest.mark.cuda
+def test_compute_gae_picks_triton_on_cuda_without_bt_host_copies():
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.gpu import dtoh_sizes
+
+    assert triton_available(), "CUDA machines need the gpu extra: pip install -e '.[gpu]'"
+    assert _pick_backend(torch.device("cuda"), "auto") == "triton"
+    r, v, m, lv = (x.cuda() for x in batch(64, 512, seed=1, dtype=torch.float32))
+    auto = compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv)
+    named = compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, backend="triton")
+    assert torch.equal(auto[0], named[0]) and torch.equal(auto[1], named[1])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv)
+        torch.cuda.synchronize()
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gae-trace-{os.getpid()}.json"
+    prof.export_chrome_trace(str(path))
+    import json
+
+    sizes = dtoh_sizes(json.loads(path.read_text())["traceEvents"])
+    path.unlink()
+    # Only the (B, 3) first-bad table (and scalars) come back: never a (B, T) tensor.
+    assert sizes, "expected the small error-check copy"
+    assert max(sizes) < 64 * 512, sizes
+
+
+def _tiny_setup(tmp_path, device):
+    from gae.models import ModelConfig, build_model
+    from gae.tokenizer import load_tokenizer, train_tokenizer
+
+    tok = load_tokenizer(train_tokenizer([TEXT] * 20, vocab_size=300, out_dir=tmp_path / "tok"))
+    torch.manual_seed(0)
+    policy = build_model(ModelConfig.preset("tiny"), len(tok)).to(device)
+    ref = build_model(ModelConfig.preset("tiny"), len(tok)).to(device)
+    ref.load_state_dict(policy.state_dict())
+    prompts = [
+        {"prompt_id": f"p{i}", "prompt": TEXT[i * 9 : i * 9 + 30], "reference": TEXT[:40]} for i in range(4)
+    ]
+    return tok, policy, ref, prompts
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("bf16", [False, True])
+def test_iteration_stays_on_the_device(tmp_path, bf16):
+    from gae.batch import TENSOR_FIELDS
+    from gae.models import score_responses
+    from gae.rewards import RewardConfig, score_batch
+    from gae.rollout import RolloutConfig, generate_rollouts
+    from gae.shaping import ShapingConfig, shape_rewards
+    from gae.train import PPOConfig, build_optimizer, ppo_update
+
+    dev = torch.device("cuda")
+    tok, policy, ref, prompts = _tiny_setup(tmp_path, dev)
+    b = generate_rollouts(
+        policy, ref, tok, prompts, RolloutConfig(n_samples=2, max_new_tokens=12, bf16=bf16), device=dev
+    )
+    for name in TENSOR_FIELDS:
+        assert getattr(b, name).device.type == "cuda", name
+    for name in ("logprobs", "ref_logprobs", "values", "last_values"):
+        x = getattr(b, name)
+        assert x.dtype == torch.float32, name  # the store gets float32 with or without bf16
+        assert bool(torch.isfinite(x).all()), name
+    policy.eval()  # the rollout scored with dropout off
+    with torch.no_grad():
+        out = score_responses(policy, b.prompt_tokens, b.prompt_mask, b.response_tokens, b.action_mask)
+    policy.train()
+    assert out.logprobs.device.type == "cuda" and out.values.device.type == "cuda"
+    if not bf16:  # the stored log-probs are score_responses' own: ratio exactly 1
+        torch.testing.assert_close(out.logprobs.float(), b.logprobs)
+    scores = score_batch(b, RewardConfig())
+    rewards, kl = shape_rewards(scores.total.to(dev), b, ShapingConfig(), 0.05)
+    assert rewards.device.type == "cuda" and kl.device.type == "cuda"
+    adv, ret = compute_gae(rewards, b.values, b.action_mask.bool(), gamma=1.0, lam=0.95)
+    assert adv.device.type == "cuda"
+    opt = build_optimizer(policy, PPOConfig())
+    before = [p.detach().clone() for p in policy.parameters()]
+    metrics, train_lp = ppo_update(policy, opt, b, adv, ret, PPOConfig(epochs=1, minibatches=2))
+    assert all(p.device.type == "cuda" for p in policy.parameters())
+    assert any(not torch.equal(p0, p) for p0, p in zip(before, policy.parameters(), strict=True))
+    assert metrics["actor/update_steps"] >= 1
+    # train_logprobs go to the store: the one (B, T) copy to the host, by contract.
+    assert train_lp.device.type == "cpu" and train_lp.shape == b.action_mask.shape
+
+
+@pytest.mark.cuda
+def test_bf16_autocast_on_cuda_only():
+    from gae.device import autocast
+
+    lin = torch.nn.Linear(16, 16).cuda()
+    x = torch.randn(4, 16, device="cuda")
+    with autocast(torch.device("cuda"), bf16=True):
+        assert lin(x).dtype == torch.bfloat16
+    with autocast(torch.device("cuda"), bf16=False):
+        assert lin(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), bf16=True):  # a no-op on CPU by design
+        assert lin.cpu()(x.cpu()).dtype == torch.float32
+
+
+@pytest.mark.cuda
+def test_resolve_device_auto_picks_cuda():
+    from gae.device import resolve_device
+
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cuda").type == "cuda"
+
+
+def test_report_checks_the_targets_and_shows_failed_sections():
+    # The GPU report on made-up figures: 1024 x 4096 at 2.5x the floor and 400x the loop
+    # meets both GAE targets; a 0.05 s step is 0.49 / 0.05 = 9.8x the CPU baseline; one
+    # (B, T) copy in the update (train_logprobs, for the store) passes, one in rollout fails.
+    from bench.gpu import CPU_SMOKE_STEP_S, report
+
+    env = {
+        "device_name": "Test GPU",
+        "date": "today",
+        "command": "python bench/gpu.py",
+        "torch": "x",
+        "triton": "y",
+        "transformers": "z",
+        "host": "h",
+        "dry_run": False,
+    }
+    gae = {"B": 1024, "T": 4096, "backend": "triton", "floor_s": 1e-5, "fast_s": 2.5e-5, "loop_s": 1e-2}
+    gae.update(fast_vs_floor=2.5, loop_vs_fast=400.0, max_abs_err_vs_float64=1e-6)
+    stage = {"seconds": 0.01, "dtoh_count": 1, "dtoh_bytes": 64, "dtoh_bt_sizes": []}
+    stages = {
+        "B": 16,
+        "T": 16,
+        "rows": [{**stage, "stage": "rollout", "dtoh_bt": 2}, {**stage, "stage": "update", "dtoh_bt": 1}],
+        "on_device": {"advantages": "cuda:0"},
+    }
+    pipe = {"iterations": 2, "device": "cuda", "wall_s": 30.0, "timing_s": {"timing_s/step": 0.05}}
+    text = report(env, {"gae": [gae], "stages": stages, "pipeline": pipe}, {"rollout": "RuntimeError: boom"})
+    assert pytest.approx(0.49) == CPU_SMOKE_STEP_S
+    assert "| 2.50x | yes |" in text and "| 400x | yes |" in text
+    assert "0.050 s = 9.8x | yes |" in text
+    assert "rollout: 2, update: 1 | no |" in text
+    assert "**FAILED**: `RuntimeError: boom`" in text
+    assert "# GPU path: Test GPU" in text and "dry run" not in text
