@@ -392,6 +392,7 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     }
     gae = {"B": 1024, "T": 4096, "backend": "triton", "floor_s": 1e-5, "fast_s": 2.5e-5, "loop_s": 1e-2}
     gae.update(fast_vs_floor=2.5, loop_vs_fast=400.0, max_abs_err_vs_float64=1e-6)
+    gae.update(kernel_s=1.2e-5, kernel_vs_floor=1.2)
     stage = {"seconds": 0.01, "dtoh_count": 1, "dtoh_bytes": 64, "dtoh_bt_sizes": []}
     stages = {
         "B": 16,
@@ -402,7 +403,7 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     pipe = {"iterations": 2, "device": "cuda", "wall_s": 30.0, "timing_s": {"timing_s/step": 0.05}}
     text = report(env, {"gae": [gae], "stages": stages, "pipeline": pipe}, {"rollout": "RuntimeError: boom"})
     assert pytest.approx(0.49) == CPU_SMOKE_STEP_S
-    assert "| 2.50x | yes |" in text and "| 400x | yes |" in text
+    assert "| 2.50x | yes |" in text and "| 400x | yes |" in text and "| 1.20x | yes |" in text
     assert "0.050 s = 9.8x | yes |" in text
     assert "rollout: 2, update: 1 | no |" in text
     assert "**FAILED**: `RuntimeError: boom`" in text
