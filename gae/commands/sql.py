@@ -12,6 +12,16 @@ import typer
 FORMATS = ("table", "csv", "json")
 
 
+def _cell(v) -> str:
+    """A table cell: floats to 6 significant digits (the store keeps float32, whose full
+    repr as a double is noise); csv and json keep every digit."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sql")
     def sql_cmd(
@@ -136,7 +146,7 @@ def _print(rel, fmt: str, max_rows: int) -> None:
 
         table = Table(*cols, show_lines=False)
         for r in rows[:max_rows]:
-            table.add_row(*("NULL" if v is None else str(v) for v in r))
+            table.add_row(*(_cell(v) for v in r))
         Console().print(table)
         more = f", {max_rows} shown (--max-rows)" if len(rows) > max_rows else ""
         typer.echo(f"{len(rows)} row{'s' if len(rows) != 1 else ''}{more}")
