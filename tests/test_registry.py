@@ -17,24 +17,6 @@ from gae.paths import DataDir
 TEXTS = ["the cat sat on the mat.", "a dog ran in the park.", "the sun is warm today."] * 20
 
 
-@pytest.fixture(scope="session")
-def empty_store(request, tmp_path_factory):
-    """An initialised, empty MLflow sqlite file, made once and kept in pytest's cache (keyed
-    by the MLflow version): creating the schema costs 2-12 s here, copying it nothing."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    folder = cache.mkdir(f"gae-mlflow-{mlflow.__version__}") if cache else tmp_path_factory.mktemp("mlflow")
-    cached = folder / "mlflow.db"
-    if not cached.exists():
-        tmp = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
-        shutil.copyfile(tmp, str(cached) + ".part")
-        os.replace(str(cached) + ".part", cached)
-    return cached
-
-
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch, empty_store):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

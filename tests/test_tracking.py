@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -11,25 +10,6 @@ import pytest
 
 from gae.paths import DataDir
 from gae.tracking import Tracker, find_run, flatten_params, get_client, safe_metric_name, tracking_uri
-
-
-@pytest.fixture(scope="session")
-def empty_store(request, tmp_path_factory):
-    """An initialised, empty MLflow sqlite file, made once and kept in pytest's cache (keyed
-    by the MLflow version): creating the schema costs 2-12 s on a 2-core machine, copying
-    the file nothing."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    folder = cache.mkdir(f"gae-mlflow-{mlflow.__version__}") if cache else tmp_path_factory.mktemp("mlflow")
-    cached = folder / "mlflow.db"
-    if not cached.exists():
-        tmp = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
-        shutil.copyfile(tmp, str(cached) + ".part")
-        os.replace(str(cached) + ".part", cached)
-    return cached
 
 
 @pytest.fixture
