@@ -55,3 +55,16 @@ class ModelConfig(BaseModel):
         if name not in MODEL_PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
         return cls(**{**MODEL_PRESETS[name], **overrides})
+
+
+def check_step_shapes(input_ids, attention_mask, cache) -> int:
+    """Every architecture's forward takes L new positions after `cache.length` cached ones, with an
+    attention mask over all of them. Returns the number of cached positions."""
+    B, L = input_ids.shape
+    start = cache.length if cache is not None else 0
+    if tuple(attention_mask.shape) != (B, start + L):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, start + L)} "
+            f"({start} cached + {L} new positions)"
+        )
+    return start

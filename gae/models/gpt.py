@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gae.models.config import ModelConfig
+from gae.models.config import ModelConfig, check_step_shapes
 
 
 class KVCache:
@@ -161,12 +161,7 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None):
         B, L = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if attention_mask.shape != (B, start + L):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, start + L)} "
-                f"({start} cached + {L} new positions)"
-            )
+        start = check_step_shapes(input_ids, attention_mask, cache)
         if start + L > self.block_size:
             raise ValueError(
                 f"sequence of {start + L} tokens exceeds ModelConfig.block_size={self.block_size}"

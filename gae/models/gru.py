@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from gae.models.config import ModelConfig
+from gae.models.config import ModelConfig, check_step_shapes
 
 
 class GRUCache:
@@ -45,12 +45,7 @@ class GRULM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: GRUCache | None = None):
         B, L = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if attention_mask.shape != (B, start + L):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, start + L)} "
-                f"({start} cached + {L} new positions)"
-            )
+        start = check_step_shapes(input_ids, attention_mask, cache)
         mask = attention_mask[:, -L:].bool()  # (B, L)
         n_real = mask.sum(1)  # (B,)
         n_pad = L - n_real

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from gae.models.config import ModelConfig
+from gae.models.config import ModelConfig, check_step_shapes
 
 
 def _require_transformers():
@@ -82,12 +82,7 @@ class HFCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: HFCache | None = None):
         B, L = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if attention_mask.shape != (B, start + L):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, start + L)} "
-                f"({start} cached + {L} new positions)"
-            )
+        start = check_step_shapes(input_ids, attention_mask, cache)
         pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)[:, -L:]  # (B, L)
         out = self.lm.base_model(
             input_ids=input_ids,
