@@ -822,12 +822,12 @@ class _Writer:
             "min_prompt_chars": cfg.min_prompt_chars,
             "min_reference_chars": cfg.min_reference_chars,
         }
+        # the first state is a view: copying every new text into a table first cost as much as a pass
         con.execute(
-            "create or replace temp table _cut_state as select document_id, split, text, length(text) as n, "
-            "length(text) - length(ltrim(text, $ws)) as pos from _new where prompt is null",
-            {"ws": WS},
+            "create or replace temp view _cut_state as select document_id, split, text, length(text) as n, "
+            f"length(text) - length(ltrim(text, '{WS}')) as pos from _new where prompt is null"
         )
-        total = 0
+        total, state = 0, "view"
         for k in range(cfg.max_prompts_per_document):
             _exec(con, "cut_prompts", params)
             ok = "length(prompt) >= $min_p and length(reference) >= $min_r"
@@ -841,12 +841,15 @@ class _Writer:
             total += n
             if n == 0:
                 break
+            # only documents with room for another passage go on (most are used up by the first one)
+            con.execute(f"drop {state} _cut_state")
+            state = "table"
             con.execute(
                 "create or replace temp table _cut_state as select document_id, split, text, n, pos "
-                f"from _cut_step where {ok}",
-                lims,
+                f"from _cut_step where {ok} and n - pos >= $min_pr",
+                {**lims, "min_pr": cfg.min_prompt_chars + cfg.min_reference_chars},
             )
-        con.execute("drop table if exists _cut_state")
+        con.execute(f"drop {state} if exists _cut_state")
         con.execute("drop table if exists _cut_step")
         return total
 
@@ -963,6 +966,7 @@ def ingest(
         ingest_id=new_ingest_id(), database=str(dd.db), skipped_files=[str(p) for p in skipped]
     )
     con = connect(dd, views=False)
+    con.execute("set preserve_insertion_order = false")
     try:
         writer = _Writer(con, cfg, summary.ingest_id)
         by_reason: dict[str, int] = {}
