@@ -136,12 +136,6 @@ def test_triton_kernel_compiles_for_h100(aot_h100):
 
 
 @needs_triton
-@pytest.mark.xfail(
-    reason="gae/kernels/triton_gae.py passes gamma and gamma*lam as Python floats, which Triton "
-    "compiles as fp32: float64 GAE on a GPU is off by ~1e-6 (fix: pass them in a tensor of the "
-    "inputs' dtype and tl.load them)",
-    strict=False,
-)
 def test_float64_kernel_has_no_fp32_argument(aot_h100):
     assert not aot_h100["fp64/32768"]["f32_argument"]
 

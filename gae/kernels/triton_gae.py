@@ -49,11 +49,14 @@ def _gae_row(
     ret_ptr,
     bad_ptr,
     T,
-    gamma,
-    gl,
+    coef_ptr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
+    # gamma and gamma*lam come in a tensor of the inputs' dtype: a Python float argument is
+    # compiled as fp32, which would cost float64 inputs about 1e-6 of accuracy.
+    gamma = tl.load(coef_ptr)
+    gl = tl.load(coef_ptr + 1)
     base = row * T
     carry_a = tl.load(lv_ptr + row) * 0.0  # A_{n+1} = 0, in the compute dtype
     carry_v = tl.load(lv_ptr + row)  # V after the last action: the bootstrap
@@ -114,7 +117,8 @@ def gae_triton(r, v, m, lv, gamma: float, lam: float):
     adv = torch.empty_like(r)
     ret = torch.empty_like(r)
     bad = torch.empty((B, 3), dtype=torch.int32, device=r.device)
-    _gae_row[(B,)](r, v, mu8, lv, adv, ret, bad, T, float(gamma), float(gamma * lam), BLOCK=_block_for(T))
+    coef = torch.tensor([gamma, gamma * lam], dtype=r.dtype, device=r.device)
+    _gae_row[(B,)](r, v, mu8, lv, adv, ret, bad, T, coef, BLOCK=_block_for(T))
     # One small (B, 3) transfer to report the first bad input in row-major order.
     bad_rows = (bad < T).any(1)
     if not bool(bad_rows.any()):
