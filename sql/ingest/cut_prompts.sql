@@ -40,7 +40,9 @@ trimmed as (
 select
     document_id,
     split,
-    text,
+    -- the text goes on only where another passage fits: most documents are used up by their first,
+    -- and copying every text into each step cost as much as cutting it
+    case when n - pe - length(r_raw) >= $min_prompt_chars + $min_reference_chars then text end as text,
     n,
     pe + length(r_raw) as pos,
     prompt,
