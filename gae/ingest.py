@@ -813,6 +813,8 @@ class _Writer:
 
     def _cut_prompts(self) -> int:
         """Cut passages from the new documents without a prompt field, one SQL pass per passage number."""
+        import pyarrow as pa
+
         cfg, con = self.cfg, self.con
         params = {
             "boundary": "^" + BOUNDARY,
@@ -822,10 +824,13 @@ class _Writer:
             "min_prompt_chars": cfg.min_prompt_chars,
             "min_reference_chars": cfg.min_reference_chars,
         }
-        # the first state is a view: copying every new text into a table first cost as much as a pass
+        # The first pass reads the new texts as 8k-row Arrow batches: a scan of the temp table _new runs
+        # on one thread per 122,880-row group (so on one core), and the regexps of a pass are CPU-bound.
+        src = con.sql("select document_id, split, text from _new where prompt is null").to_arrow_table()
+        con.register("_cut_src", pa.Table.from_batches(src.to_batches(max_chunksize=8192), schema=src.schema))
         con.execute(
             "create or replace temp view _cut_state as select document_id, split, text, length(text) as n, "
-            f"length(text) - length(ltrim(text, '{WS}')) as pos from _new where prompt is null"
+            f"length(text) - length(ltrim(text, '{WS}')) as pos from _cut_src"
         )
         total, state = 0, "view"
         for k in range(cfg.max_prompts_per_document):
@@ -851,6 +856,7 @@ class _Writer:
             )
         con.execute(f"drop {state} if exists _cut_state")
         con.execute("drop table if exists _cut_step")
+        con.unregister("_cut_src")
         return total
 
 
