@@ -763,6 +763,24 @@ class _Writer:
             "ingest_id": ingest_id,
         }
 
+    def begin(self) -> None:
+        """Empty staging tables for one transaction's documents and prompts (see flush_documents.sql)."""
+        self.con.execute(
+            "create or replace temp table _pending_documents as select document_id, source_uri, line, record, "
+            "content_hash, text, n_chars, metadata, split from documents limit 0"
+        )
+        self.con.execute(
+            "create or replace temp table _pending_prompts as select prompt_id, document_id, prompt, reference, "
+            "split, origin from prompts limit 0"
+        )
+
+    def finish(self) -> None:
+        """Write the staged documents and prompts; the caller commits."""
+        _exec(self.con, "flush_documents", self.params)
+        _exec(self.con, "flush_prompts", self.params)
+        self.con.execute("drop table _pending_documents")
+        self.con.execute("drop table _pending_prompts")
+
     def add(
         self, chunk: pa.Table, source_uri: str, files: dict[str, FileSummary], by_reason: dict[str, int]
     ) -> int:
@@ -838,10 +856,10 @@ class _Writer:
             ok = "length(prompt) >= $min_p and length(reference) >= $min_r"
             lims = {"min_p": cfg.min_prompt_chars, "min_r": cfg.min_reference_chars}
             ((n,),) = con.execute(
-                "insert into prompts (prompt_id, document_id, prompt, reference, split, origin, ingest_id) "
-                "select document_id || '-' || $k, document_id, prompt, reference, split, 'cut', $ingest_id "
+                "insert into _pending_prompts "
+                "select document_id || '-' || $k, document_id, prompt, reference, split, 'cut' "
                 f"from _cut_step where {ok}",
-                {"k": k, "ingest_id": self.ingest_id, **lims},
+                {"k": k, **lims},
             ).fetchall()
             total += n
             if n == 0:
@@ -983,11 +1001,13 @@ def ingest(
             prompts = 0
             con.execute("begin transaction")
             try:
+                writer.begin()
                 for chunk, nbytes in make_chunks():
                     summary.bytes_read += nbytes
                     if len(per_file) == 1:
                         next(iter(per_file.values())).bytes += nbytes
                     prompts += writer.add(chunk, srcs[0][0], per_file, unit_reasons)
+                writer.finish()
                 con.execute("commit")
             except BaseException as exc:
                 con.execute("rollback")

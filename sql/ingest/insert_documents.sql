@@ -1,4 +1,4 @@
--- Insert the new documents of _new.
-insert into documents (document_id, source_uri, line, record, content_hash, text, n_chars, metadata, split, ingest_id)
-select document_id, source, line, record, content_hash, text, length(text), metadata, split, $ingest_id
+-- Stage the new documents of _new in _pending_documents; flush_documents.sql writes them at the end of the file.
+insert into _pending_documents
+select document_id, source, line, record, content_hash, text, length(text), metadata, split
 from _new;
