@@ -170,16 +170,15 @@ def kernel_only(r, v, m, lv, gamma: float, lam: float):
     first-bad table. Its distance from `compute_gae` is the API's fixed cost per call."""
     import torch
 
-    from gae.kernels.triton_gae import _block_for, _gae_row
+    from gae.kernels.triton_gae import _block_for, _gae_row, coefficients
 
     B, T = r.shape
     mu8 = m.contiguous().view(torch.uint8)
     adv, ret = torch.empty_like(r), torch.empty_like(r)
     bad = torch.empty((B, 3), dtype=torch.int32, device=r.device)
     block = _block_for(T)
-    return lambda: _gae_row[(B,)](
-        r, v, mu8, lv, adv, ret, bad, T, float(gamma), float(gamma * lam), BLOCK=block
-    )
+    coef = coefficients(gamma, lam, r)
+    return lambda: _gae_row[(B,)](r, v, mu8, lv, adv, ret, bad, T, coef, BLOCK=block)
 
 
 def bench_gae(device, timer, shapes, bandwidth: float, repeat: int, backend: str) -> list[dict]:

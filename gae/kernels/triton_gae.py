@@ -107,6 +107,11 @@ def _block_for(T: int) -> int:
     return b
 
 
+def coefficients(gamma: float, lam: float, like: torch.Tensor) -> torch.Tensor:
+    """(gamma, gamma * lam) in the dtype and on the device of `like`, as the kernel reads them."""
+    return torch.tensor([gamma, gamma * lam], dtype=like.dtype, device=like.device)
+
+
 def gae_triton(r, v, m, lv, gamma: float, lam: float):
     """Launch one program per row. Inputs: float32/float64 `(B, T)`, bool mask, `(B,)` bootstrap.
     Returns (advantages, returns, (code, b, t)) with the codes of gae.kernels.cpu."""
@@ -117,8 +122,7 @@ def gae_triton(r, v, m, lv, gamma: float, lam: float):
     adv = torch.empty_like(r)
     ret = torch.empty_like(r)
     bad = torch.empty((B, 3), dtype=torch.int32, device=r.device)
-    coef = torch.tensor([gamma, gamma * lam], dtype=r.dtype, device=r.device)
-    _gae_row[(B,)](r, v, mu8, lv, adv, ret, bad, T, coef, BLOCK=_block_for(T))
+    _gae_row[(B,)](r, v, mu8, lv, adv, ret, bad, T, coefficients(gamma, lam, r), BLOCK=_block_for(T))
     # One small (B, 3) transfer to report the first bad input in row-major order.
     bad_rows = (bad < T).any(1)
     if not bool(bad_rows.any()):
