@@ -214,6 +214,9 @@ def coerce_param(value: str) -> object:
         return low == "true"
     if low == "null":
         return None
+    digits = value.strip().lstrip("+-")
+    if len(digits) > 1 and digits.startswith("0") and digits.isdigit():
+        return value  # "007" is an id, not the number 7
     for cast in (int, float):
         try:
             return cast(value)

@@ -127,6 +127,8 @@ def test_required_params_and_sql_names(tmp_path, monkeypatch):
 
 def test_coerce_param():
     assert [db.coerce_param(v) for v in ("3", "2.5", "true", "null", "abc")] == [3, 2.5, True, None, "abc"]
+    # Leading zeros mark an id (a run id "007"), not a number.
+    assert [db.coerce_param(v) for v in ("007", "00", "0", "-4")] == ["007", "00", 0, -4]
 
 
 def test_fetch_prompts_and_corpus_texts(data_dir):
