@@ -26,12 +26,15 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gae.fsutil import atomic_path
 from gae.paths import DataDir
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled: `gae sql` registers views without it
+    import torch
 
 SCHEMA_VERSION = 1
 PART_FILE = "part-0.parquet"
@@ -165,6 +168,8 @@ def _positions(counts: np.ndarray) -> np.ndarray:
 def _check_bt(name: str, x: torch.Tensor | None, shape: tuple[int, int]) -> None:
     if x is None:
         return
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
     if tuple(x.shape) != shape:
