@@ -1,5 +1,5 @@
 """Corpus ingest: files (or the embedded default corpus) into DuckDB's `documents`,
-`ingest_errors` and `prompts`.
+`ingest_errors` and `prompt_spans` (read through the view `prompts`).
 
 Nothing lost, nothing twice. Every record read ends in exactly one of three places: a new
 row of `documents`, a duplicate of one (same md5 over NFC text with whitespace runs
@@ -13,7 +13,8 @@ faster still but cannot say which lines it skipped, and a quarantine must. JSON 
 and Parquet go through DuckDB's own readers and `to_json(row)`, so one SQL path picks the
 text field for every format. Only plain text is decoded in Python (per file or per block,
 not per line). Prompts are cut by `sql/ingest/cut_prompts.sql`, one set-based pass per passage
-number; `cut_passages` is the same rule in Python, the reference the tests compare against.
+number; `cut_passages` is the same rule in Python, the reference the tests compare against. A cut
+prompt is stored as character spans of its document's text, not a copy (sql/schema/005_prompt_spans.sql).
 """
 
 from __future__ import annotations
@@ -510,7 +511,8 @@ def _text_record(data: bytes, line: int, record: int, offset: int, cfg: IngestCo
 # because Python's \s is Unicode-wide and RE2's is ASCII.
 BOUNDARY = r"""(?s).*(?:[.!?]["'”’)\]]*[ \t\n\r\f\v]|[。！？][”’」』）]*|\n[ \t\n\r\f\v]*\n)"""
 WS = " \t\n\r\f\v\u00a0\u3000"
-TRIM = "^[ \\t\\n\\r\\f\\v\\x{00A0}\\x{3000}]+|[ \\t\\n\\r\\f\\v\\x{00A0}\\x{3000}]+$"  # WS at either end, in RE2
+_WS_RE2 = "[ \\t\\n\\r\\f\\v\\x{00A0}\\x{3000}]"  # WS in RE2
+LEAD, TRAIL = f"^{_WS_RE2}*", f"{_WS_RE2}*$"  # the WS a passage's span leaves out at either end
 
 
 def cut_passages(
@@ -770,8 +772,8 @@ class _Writer:
             "content_hash, text, n_chars, metadata, split from documents limit 0"
         )
         self.con.execute(
-            "create or replace temp table _pending_prompts as select prompt_id, document_id, prompt, reference, "
-            "split, origin from prompts limit 0"
+            "create or replace temp table _pending_prompts as select prompt_id, document_id, prompt_start, "
+            "prompt_len, reference_start, reference_len, prompt, reference, split, origin from prompt_spans limit 0"
         )
 
     def finish(self) -> None:
@@ -836,7 +838,8 @@ class _Writer:
         cfg, con = self.cfg, self.con
         params = {
             "boundary": "^" + BOUNDARY,
-            "trim": TRIM,
+            "lead": LEAD,
+            "trail": TRAIL,
             "prompt_chars": cfg.prompt_chars,
             "reference_chars": cfg.reference_chars,
             "min_prompt_chars": cfg.min_prompt_chars,
@@ -846,19 +849,20 @@ class _Writer:
         # on one thread per 122,880-row group (so on one core), and the regexps of a pass are CPU-bound.
         src = con.sql("select document_id, split, text from _new where prompt is null").to_arrow_table()
         con.register("_cut_src", pa.Table.from_batches(src.to_batches(max_chunksize=8192), schema=src.schema))
+        # the leading whitespace measured by a regexp: ltrim would copy every text
         con.execute(
             "create or replace temp view _cut_state as select document_id, split, text, length(text) as n, "
-            f"length(text) - length(ltrim(text, '{WS}')) as pos from _cut_src"
+            f"length(regexp_extract(text, '{LEAD}')) as pos from _cut_src"  # a view takes no parameters
         )
         total, state = 0, "view"
         for k in range(cfg.max_prompts_per_document):
             _exec(con, "cut_prompts", params)
-            ok = "length(prompt) >= $min_p and length(reference) >= $min_r"
+            ok = "prompt_len >= $min_p and reference_len >= $min_r"
             lims = {"min_p": cfg.min_prompt_chars, "min_r": cfg.min_reference_chars}
             ((n,),) = con.execute(
-                "insert into _pending_prompts "
-                "select document_id || '-' || $k, document_id, prompt, reference, split, 'cut' "
-                f"from _cut_step where {ok}",
+                "insert into _pending_prompts (prompt_id, document_id, prompt_start, prompt_len, reference_start, "
+                "reference_len, split, origin) select document_id || '-' || $k, document_id, prompt_start, "
+                f"prompt_len, reference_start, reference_len, split, 'cut' from _cut_step where {ok}",
                 {"k": k, **lims},
             ).fetchall()
             total += n
