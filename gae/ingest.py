@@ -37,6 +37,7 @@ from gae.paths import DataDir
 
 if TYPE_CHECKING:
     import duckdb
+    import numpy as np
     import pyarrow as pa
 
 FORMATS = {
@@ -424,7 +425,69 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Ta
            group by line
            order by line"""
     ).to_arrow_table()
+    good, bad = _csv_physical_lines(path, good, bad, header=cfg.csv_header)
     return pa.concat_tables([good, bad.cast(good.schema)])
+
+
+def _csv_record_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based line where each CSV record starts, whether it is blank), for every record of the file in
+    order, blank ones included: records end at a newline outside double quotes (a quoted field may hold
+    newlines; a doubled quote inside one toggles twice, so the parity of the quotes before a newline
+    says whether it is inside a field)."""
+    import numpy as np
+
+    with _open(path) as f:
+        data = f.read()
+    a = np.frombuffer(data, np.uint8)
+    nl = np.flatnonzero(a == 10)
+    quotes = np.flatnonzero(a == 34)
+    ends = nl[np.searchsorted(quotes, nl) % 2 == 0]  # newlines outside quotes end records
+    starts = np.concatenate(([0], ends + 1))
+    stops = np.concatenate((ends, [len(a)]))
+    if stops[-1] == starts[-1]:  # the file ends with a newline: no record after it
+        starts, stops = starts[:-1], stops[:-1]
+    lines = np.searchsorted(nl, starts) + 1  # newlines before a record's start, plus one
+    if len(data) and data.startswith(BOM):
+        starts[0] += 3
+    n = stops - starts
+    blank = (n == 0) | ((n == 1) & (a[np.minimum(starts, max(len(a) - 1, 0))] == 13))
+    return lines, blank
+
+
+def _csv_physical_lines(
+    path: Path, good: pa.Table, bad: pa.Table, *, header: bool
+) -> tuple[pa.Table, pa.Table]:
+    """Good CSV rows get the line where they start; quarantined ones the line instead of DuckDB's row count.
+
+    DuckDB's reader numbers rows (header and blank rows included) and reports that number as the
+    `line` of a rejected row; a quoted field spanning lines makes it differ from the line in the file.
+    The records found by `_csv_record_lines` map both: DuckDB row r is record r, and the good rows are
+    the records that are neither the header, blank nor rejected, in order. Where the counts disagree
+    (a dialect the quote scan does not model: another quote character, a backslash escape before a
+    newline, lone \r line ends), the lines are left as DuckDB gave them: null rather than wrong.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    lines, blank = _csv_record_lines(path)
+    given = bad.column("line").to_pylist()
+    if None in given:
+        return good, bad
+    rejected = np.asarray(given, dtype=np.int64) - 1
+    if len(rejected) and (rejected.min() < 0 or rejected.max() >= len(lines)):
+        return good, bad
+    keep = ~blank
+    keep[rejected] = False
+    if header:
+        first = np.flatnonzero(~blank)
+        if len(first):
+            keep[first[0]] = False
+    good_lines = lines[keep]
+    if len(good_lines) != good.num_rows:
+        return good, bad
+    good = good.set_column(good.schema.get_field_index("line"), "line", pa.array(good_lines, pa.int64()))
+    bad = bad.set_column(bad.schema.get_field_index("line"), "line", pa.array(lines[rejected], pa.int64()))
+    return good, bad
 
 
 def _parquet(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Table:
