@@ -75,6 +75,9 @@ class RolloutBatch:
     references: list[str | None]
     finish_reasons: list[str]
     meta: dict = field(default_factory=dict)
+    # Host copies already made (e.g. the response tokens, copied to decode the text): `save`
+    # reuses them, so each tensor crosses from the device to the host once.
+    host_copies: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         B, T = self.response_tokens.shape
@@ -111,20 +114,37 @@ class RolloutBatch:
         return self.action_mask.sum(1)
 
     def to(self, device: torch.device | str) -> RolloutBatch:
-        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        kw = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "host_copies"}
         for name in TENSOR_FIELDS:
             kw[name] = kw[name].to(device)
         return RolloutBatch(**kw)
 
+    def host_tensors(self) -> dict[str, torch.Tensor]:
+        """All tensor fields on the host, copying (in one asynchronous batch) only those not
+        copied yet; the copies are kept for the next call."""
+        from gae.device import to_host
+
+        missing = {n: getattr(self, n) for n in TENSOR_FIELDS if n not in self.host_copies}
+        if missing:
+            self.host_copies.update(to_host(missing).wait())
+        return {n: self.host_copies[n].contiguous() for n in TENSOR_FIELDS}
+
     def save(self, path: str | Path) -> Path:
-        """Write `<path>/batch.safetensors` and `<path>/batch.json` (each atomically)."""
+        """Write `<path>/batch.safetensors` and `<path>/batch.json` (each atomically).
+
+        On an accelerator the device tensors are also left in `gae.handoff` for the next
+        task in this process (see `load`)."""
         from safetensors.torch import save_file
+
+        from gae import handoff
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in TENSOR_FIELDS}
         with atomic_path(path / "batch.safetensors") as tmp:
-            save_file(tensors, str(tmp))
+            save_file(self.host_tensors(), str(tmp))
+        device = self.response_tokens.device
+        if handoff.enabled_for(device):
+            handoff.put(path / "batch.safetensors", {n: getattr(self, n) for n in TENSOR_FIELDS})
         atomic_write_json(
             path / "batch.json", {**{n: getattr(self, n) for n in LIST_FIELDS}, "meta": self.meta}
         )
@@ -132,11 +152,19 @@ class RolloutBatch:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> RolloutBatch:
+        """Read a saved batch onto `device`; on an accelerator, the tensors this process saved
+        there (unchanged file) come back from `gae.handoff` without a host round trip."""
         from safetensors.torch import load_file
+
+        from gae import handoff
 
         path = Path(path)
         if not (path / "batch.safetensors").exists():
             raise FileNotFoundError(f"no rollout batch at {path} (batch.safetensors missing)")
-        tensors = load_file(str(path / "batch.safetensors"), device=str(device))
+        tensors = None
+        if handoff.enabled_for(device):
+            tensors = handoff.get(path / "batch.safetensors", device)
+        if tensors is None:
+            tensors = load_file(str(path / "batch.safetensors"), device=str(device))
         lists = json.loads((path / "batch.json").read_text())
         return cls(**tensors, **{n: lists[n] for n in LIST_FIELDS}, meta=lists.get("meta", {}))

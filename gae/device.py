@@ -65,3 +65,82 @@ def configure_threads(n: int | str | None = "auto") -> int:
             raise ValueError(f"threads must be >= 1, got {n}")
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
+
+
+# ------------------------------------------------------------------ host copies
+#
+# An iteration keeps its tensors on the device; the only thing that crosses to the host is
+# what gets written (the rollout batch file, the advantages, the trainer's log-probs: the
+# columns of the per-token store). Every such crossing goes through `to_host`, so it is
+# done once, asynchronously into pinned memory, and it can be counted (`host_copy_log`).
+
+
+class HostCopy:
+    """Host copies of a dict of tensors, in flight. `wait()` returns them once they landed.
+
+    On CUDA the copies go into pinned buffers with `non_blocking=True` on the current stream,
+    followed by one event: the caller can queue more GPU work (e.g. the reference model's
+    forward pass) before waiting, and the whole dict costs one synchronisation instead of
+    one per tensor. On the CPU the "copies" are the tensors themselves (contiguous).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self._event = None
+        self._out: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            t = t.detach()
+            _record(name, t)
+            if t.device.type == "cpu":
+                self._out[name] = t.contiguous()
+                continue
+            cuda = t.device.type == "cuda"
+            dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=cuda)
+            # non_blocking only into pinned memory on CUDA, where the event below orders it
+            dst.copy_(t, non_blocking=cuda)
+            self._out[name] = dst
+            if cuda and self._event is None:
+                self._event = torch.cuda.Event()
+        if self._event is not None:
+            self._event.record()  # after the last copy queued on the current stream
+        self._done = self._event is None
+
+    def wait(self) -> dict[str, torch.Tensor]:
+        if not self._done:
+            self._event.synchronize()
+            self._done = True
+        return dict(self._out)
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> HostCopy:
+    """Start copying named tensors to the host; `.wait()` on the result gives the copies."""
+    return HostCopy(tensors)
+
+
+_LEDGERS: list[list[dict]] = []
+
+
+def _record(name: str, t: torch.Tensor) -> None:
+    for ledger in _LEDGERS:
+        ledger.append(
+            {
+                "name": name,
+                "shape": tuple(t.shape),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                "bytes": t.numel() * t.element_size(),
+                "device": t.device.type,
+            }
+        )
+
+
+@contextlib.contextmanager
+def host_copy_log():
+    """Record every tensor handed to `to_host` inside the block (name, shape, dtype, bytes,
+    source device), also on the CPU where nothing is copied: the accounting the GPU's
+    profiler confirms (bench/gpu.py counts the real device-to-host copies)."""
+    ledger: list[dict] = []
+    _LEDGERS.append(ledger)
+    try:
+        yield ledger
+    finally:
+        # by identity: two logs with equal contents are still different logs
+        del _LEDGERS[next(i for i, x in enumerate(_LEDGERS) if x is ledger)]

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gae.batch import RolloutBatch
-from gae.device import autocast
+from gae.device import autocast, to_host
 from gae.models.scoring import score_responses
 
 
@@ -272,6 +272,9 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
         "logprobs": torch.cat([_pad_to(c["logprobs"], T, 0.0, left=False) for c in chunks]),
     }
     finish = [f for c in chunks for f in c["finish_reasons"]]
+    # The response tokens go to the host once, to decode the text, while the scoring passes
+    # below keep the device busy; the batch keeps these copies for its save (the store's copy).
+    tokens_home = to_host({"response_tokens": cat["response_tokens"], "action_mask": cat["action_mask"]})
     _sync(device)
     timing = {"gen": time.perf_counter() - started, "values": 0.0, "ref": 0.0}
     logprobs, values, last_values, ref_logprobs = [], [], [], []
@@ -301,11 +304,9 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
             ref_logprobs.append(ref_out.logprobs.float())
     policy.train(was_training[0])
     ref.train(was_training[1])
-    response_lists = [
-        [t for t, m in zip(r, mk, strict=True) if m and t != tok.eos_id]
-        for r, mk in zip(cat["response_tokens"].tolist(), cat["action_mask"].tolist(), strict=True)
-    ]
-    n_tokens = int(cat["action_mask"].sum())
+    host = tokens_home.wait()
+    response_lists = _response_ids(host["response_tokens"], host["action_mask"], tok.eos_id)
+    n_tokens = int(host["action_mask"].sum())
     seconds = time.perf_counter() - started
     return RolloutBatch(
         rollout_ids=[f"{prompts[i]['prompt_id']}/{j}" for i, j in zip(row_prompt, row_sample, strict=True)],
@@ -333,7 +334,16 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
             "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
             "logprobs_source": "score_responses" if cfg.recompute_logprobs else "sampling",
         },
+        host_copies=host,
     )
+
+
+def _response_ids(tokens: torch.Tensor, mask: torch.Tensor, eos_id: int) -> list[list[int]]:
+    """Token ids of each response on the host, without padding and EOS (what gets decoded)."""
+    return [
+        [t for t, m in zip(r, mk, strict=True) if m and t != eos_id]
+        for r, mk in zip(tokens.tolist(), mask.tolist(), strict=True)
+    ]
 
 
 def generate_text(
@@ -369,7 +379,7 @@ def generate_text(
         device=device,
     )
     model.train(was_training)
-    texts = []
-    for r, m in zip(out["response_tokens"].tolist(), out["action_mask"].tolist(), strict=True):
-        texts.append(tok.decode([t for t, k in zip(r, m, strict=True) if k and t != tok.eos_id]))
-    return texts
+    host = to_host({"eval_response_tokens": out["response_tokens"], "eval_action_mask": out["action_mask"]})
+    host = host.wait()
+    ids = _response_ids(host["eval_response_tokens"], host["eval_action_mask"], tok.eos_id)
+    return [tok.decode(r) for r in ids]

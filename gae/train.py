@@ -210,8 +210,8 @@ def ppo_update(
 
     Returns:
         (metrics, train_logprobs): metrics with verl's names (floats); train_logprobs (B, T)
-        float32 on CPU, the trainer's log-probs of the rollout tokens before any step,
-        0 off the mask.
+        float32 on the model's device (the caller copies it to the store): the trainer's
+        log-probs of the rollout tokens before any step, 0 off the mask.
     """
     t_start = time.perf_counter()
     if kl_placement not in ("reward", "loss", "none"):
@@ -344,7 +344,7 @@ def ppo_update(
     metrics["timing_s/update_critic" if warmup else "timing_s/update_actor"] = t_done - t_update
     metrics["timing_s/update"] = time.perf_counter() - t_start
     train_logprobs = torch.where(mask, train_logprobs, torch.zeros_like(train_logprobs))
-    return metrics, train_logprobs.detach().float().cpu()
+    return metrics, train_logprobs.detach().float()
 
 
 def data_metrics(
@@ -360,38 +360,45 @@ def data_metrics(
 
     scores: (B,) sequence scores; token_rewards, advantages, returns, kl: (B, T).
     """
-    mask = batch.action_mask.bool().cpu()
-    scores = scores.detach().float().cpu()
+    # Computed where the tensors live; only the scalars come back, in one transfer.
+    mask = batch.action_mask.bool()
+    dev = mask.device
+    scores = scores.detach().float().to(dev)
     f = {
         "token_rewards": token_rewards,
         "advantages": advantages,
         "returns": returns,
         "values": batch.values,
     }
-    f = {k: v.detach().float().cpu() for k, v in f.items()}
-    out: dict[str, float] = {
-        "critic/score/mean": float(scores.mean()) if scores.numel() else float("nan"),
-        "critic/score/max": float(scores.max()) if scores.numel() else float("nan"),
-        "critic/score/min": float(scores.min()) if scores.numel() else float("nan"),
-    }
-    seq_rewards = torch.where(mask, f["token_rewards"], torch.zeros(())).sum(-1)
-    out["critic/rewards/mean"] = float(seq_rewards.mean())
+    f = {k: v.detach().float().to(dev) for k, v in f.items()}
+    nan = torch.tensor(float("nan"), device=dev)
+
+    def stats(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x.mean(), x.max(), x.min()] if x.numel() else [nan, nan, nan]
+
+    names, values = [], []
+
+    def add(name: str, v: torch.Tensor) -> None:
+        names.append(name)
+        values.append(v.reshape(()).float())
+
+    for k, v in zip(("mean", "max", "min"), stats(scores), strict=True):
+        add(f"critic/score/{k}", v)
+    add("critic/rewards/mean", torch.where(mask, f["token_rewards"], 0.0).sum(-1).mean())
     for name in ("advantages", "returns", "values"):
-        x = f[name][mask]
-        out[f"critic/{name}/mean"] = float(x.mean()) if x.numel() else float("nan")
-        out[f"critic/{name}/max"] = float(x.max()) if x.numel() else float("nan")
-        out[f"critic/{name}/min"] = float(x.min()) if x.numel() else float("nan")
-    out["critic/vf_explained_var"] = explained_variance(f["values"], f["returns"], mask)
+        for k, v in zip(("mean", "max", "min"), stats(f[name][mask]), strict=True):
+            add(f"critic/{name}/{k}", v)
     lengths = mask.sum(-1).float()
-    out["response_length/mean"] = float(lengths.mean())
-    out["response_length/max"] = float(lengths.max())
-    out["response_length/min"] = float(lengths.min())
+    for k, v in zip(("mean", "max", "min"), stats(lengths), strict=True):
+        add(f"response_length/{k}", v)
+    add("prompt_length/mean", batch.prompt_mask.sum(-1).float().mean())
+    if kl is not None:
+        add("actor/reward_kl_penalty", masked_mean(kl.detach().float().to(dev), mask))
+    out = dict(zip(names, torch.stack(values).tolist(), strict=True))
+    out["critic/vf_explained_var"] = explained_variance(f["values"], f["returns"], mask)
     out["response_length/clip_ratio"] = sum(r == "length" for r in batch.finish_reasons) / max(
         1, batch.batch_size
     )
-    out["prompt_length/mean"] = float(batch.prompt_mask.sum(-1).float().mean())
-    if kl is not None:
-        out["actor/reward_kl_penalty"] = float(masked_mean(kl.detach().float().cpu(), mask))
     return out
 
 

@@ -34,9 +34,10 @@ def compute_advantages(
     import torch
     from safetensors.torch import save_file
 
+    from gae import handoff
     from gae.advantages import estimate, parse_estimator
     from gae.batch import RolloutBatch
-    from gae.device import resolve_device
+    from gae.device import resolve_device, to_host
     from gae.fsutil import atomic_path
     from gae.rewards import ScoreTable
     from gae.shaping import ShapingConfig, sequence_kl, shape_rewards
@@ -71,8 +72,11 @@ def compute_advantages(
     )
     path = Path(batch_dir) / ADVANTAGES_FILE
     tensors = {"token_rewards": rewards, "kl": kl, "advantages": adv, "returns": ret}
+    tensors = {k: v.detach().float() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file(to_host(tensors).wait(), str(tmp))  # the store's copy of these columns
+    if handoff.enabled_for(dev):
+        handoff.put(path, tensors)  # the trainer in this process reads them without a round trip
     return {
         "path": str(path),
         "mean_kl": float(sequence_kl(kl, mask).mean()),
@@ -81,8 +85,15 @@ def compute_advantages(
     }
 
 
-def load_advantages(path: str | Path) -> dict:
-    """The tensors `compute_advantages` wrote: token_rewards, kl, advantages, returns (B, T)."""
+def load_advantages(path: str | Path, device="cpu") -> dict:
+    """The tensors `compute_advantages` wrote: token_rewards, kl, advantages, returns (B, T),
+    on `device` (from `gae.handoff` when this process wrote them there)."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    from gae import handoff
+
+    if handoff.enabled_for(device):
+        cached = handoff.get(path, device)
+        if cached is not None:
+            return cached
+    return load_file(str(path), device=str(device))

@@ -59,7 +59,7 @@ def train_iteration(
 
     from gae.batch import RolloutBatch
     from gae.checkpoint import checkpoint_dir, load_checkpoint, prune_checkpoints, save_checkpoint
-    from gae.device import resolve_device
+    from gae.device import resolve_device, to_host
     from gae.fsutil import atomic_path
     from gae.models import load_model
     from gae.paths import DataDir
@@ -91,14 +91,14 @@ def train_iteration(
     kl_ctl.value = float(kl_coef)  # the coefficient this iteration's rewards were shaped with
 
     batch = RolloutBatch.load(batch_dir, device=dev)
-    adv = load_advantages(advantages_path)
+    adv = load_advantages(advantages_path, device=dev)
     t_load = time.perf_counter() - t0
     metrics, train_lp = ppo_update(
         model,
         optimizer,
         batch,
-        adv["advantages"].to(dev),
-        adv["returns"].to(dev),
+        adv["advantages"],
+        adv["returns"],
         cfg,
         kl_coef=float(kl_coef),
         kl_placement=shaping.kl.placement,
@@ -128,7 +128,7 @@ def train_iteration(
 
     t1 = time.perf_counter()
     with atomic_path(lp_path) as tmp:
-        save_file({"train_logprobs": train_lp.contiguous()}, str(tmp))
+        save_file(to_host({"train_logprobs": train_lp}).wait(), str(tmp))  # the store's copy
     metrics["timing_s/load"] = t_load
     extra = {"metrics": metrics, "next_kl_coef": next_kl, "run_id": run_id}
     save_checkpoint(

@@ -432,8 +432,60 @@ def test_iteration_stays_on_the_device(tmp_path, bf16):
     assert all(p.device.type == "cuda" for p in policy.parameters())
     assert any(not torch.equal(p0, p) for p0, p in zip(before, policy.parameters(), strict=True))
     assert metrics["actor/update_steps"] >= 1
-    # train_logprobs go to the store: the one (B, T) copy to the host, by contract.
-    assert train_lp.device.type == "cpu" and train_lp.shape == b.action_mask.shape
+    # train_logprobs stay on the device: the task copies them once, for the store.
+    assert train_lp.device.type == "cuda" and train_lp.shape == b.action_mask.shape
+
+
+@pytest.mark.cuda
+def test_task_chain_copies_each_bt_tensor_to_the_host_once(tmp_path):
+    """rollout -> rewards -> advantages -> PPO through the task functions on CUDA: the
+    profiler's device-to-host copies of (B, T) size match the ledger (one per tensor), and
+    the trainer gets the rollout's device tensors back from the handoff, not from the file."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.gpu import dtoh_sizes
+    from gae import handoff
+    from gae.batch import RolloutBatch
+    from gae.device import host_copy_log
+    from gae.models import save_model
+    from tests.test_handoff import STORE_COPIES, task_chain
+
+    tok, policy, _, prompts = _tiny_setup(tmp_path, "cpu")
+    save_model(policy, tmp_path / "policy")
+    tok.save(tmp_path / "policy")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    args = (
+        str(tmp_path / "policy"),
+        str(tmp_path / "policy" / "tokenizer.json"),
+        str(tmp_path / "prompts.jsonl"),
+    )
+    handoff.clear()
+    task_chain(tmp_path, *args, "warm", "cuda")  # compiles the Triton kernel, primes the allocator
+    torch.cuda.synchronize()
+    with host_copy_log() as log, profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        batch_dir = task_chain(tmp_path, *args, "b", "cuda")
+        torch.cuda.synchronize()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    sizes = dtoh_sizes(json.loads(trace.read_text())["traceEvents"])
+    B, T = RolloutBatch.load(batch_dir).action_mask.shape
+    logged = [e for e in log if e["shape"] == (B, T)]
+    assert Counter(e["name"] for e in logged) == Counter(STORE_COPIES)
+    assert all(e["device"] == "cuda" for e in logged)
+    # The profiler's copies of a (B, T) tensor's size (bool 1, float32 4, int64 8 bytes an
+    # element) are the ledger's, plus only copies of a parameter's size (the checkpoint saves
+    # the weights and the optimizer moments, which the trainer must).
+    bt_sizes = {B * T, 4 * B * T, 8 * B * T}
+    seen = Counter(s for s in sizes if s in bt_sizes)
+    want = Counter(e["bytes"] for e in logged)
+    assert not want - seen, (want, seen)  # every logged copy happened
+    params = {p.numel() * p.element_size() for p in policy.parameters()}
+    assert all(s in params for s in seen - want), (seen - want, params)
+    cached = handoff.get(f"{batch_dir}/batch.safetensors", "cuda")
+    assert cached is not None and cached["values"].device.type == "cuda"
+    handoff.clear()
 
 
 @pytest.mark.cuda
@@ -460,8 +512,8 @@ def test_resolve_device_auto_picks_cuda():
 
 def test_report_checks_the_targets_and_shows_failed_sections():
     # The GPU report on made-up figures: 1024 x 4096 at 2.5x the floor and 400x the loop
-    # meets both GAE targets; a 0.05 s step is 0.49 / 0.05 = 9.8x the CPU baseline; one
-    # (B, T) copy in the update (train_logprobs, for the store) passes, one in rollout fails.
+    # meets both GAE targets; a 0.05 s step is 0.49 / 0.05 = 9.8x the CPU baseline; rollout
+    # makes 2 large copies but names only 1 as the store's: the copy target fails.
     from bench.gpu import CPU_SMOKE_STEP_S, report
 
     env = {
@@ -481,7 +533,10 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     stages = {
         "B": 16,
         "T": 16,
-        "rows": [{**stage, "stage": "rollout", "dtoh_bt": 2}, {**stage, "stage": "update", "dtoh_bt": 1}],
+        "rows": [
+            {**stage, "stage": "rollout", "dtoh_bt": 2, "store_copies": ["response_tokens"]},
+            {**stage, "stage": "store copy", "dtoh_bt": 1, "store_copies": ["advantages"]},
+        ],
         "on_device": {"advantages": "cuda:0"},
     }
     pipe = {"iterations": 2, "device": "cuda", "wall_s": 30.0, "timing_s": {"timing_s/step": 0.05}}
@@ -489,6 +544,11 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     assert pytest.approx(0.49) == CPU_SMOKE_STEP_S
     assert "| 2.50x | yes |" in text and "| 400x | yes |" in text and "| 1.20x | yes |" in text
     assert "0.050 s = 9.8x | yes |" in text
-    assert "rollout: 2, update: 1 | no |" in text
+    assert "rollout: 2, store copy: 1 (store's: 2) | no |" in text
+    # every large copy named, each tensor once: met; the same tensor copied twice: not met
+    stages["rows"][0]["store_copies"] = ["response_tokens", "action_mask"]
+    assert "(store's: 3) | yes |" in report(env, {"stages": stages}, {})
+    stages["rows"][1]["store_copies"] = ["response_tokens"]
+    assert "(store's: 3) | no |" in report(env, {"stages": stages}, {})
     assert "**FAILED**: `RuntimeError: boom`" in text
     assert "# GPU path: Test GPU" in text and "dry run" not in text
