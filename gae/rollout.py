@@ -120,7 +120,18 @@ def sample_batch(
     B = len(prompt_rows)
     ids, mask = left_pad(prompt_rows, pad_id, device)
     P = ids.shape[1]
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    # Each row's uniforms come from its own seeded generator (so a row's sample does not depend
+    # on its batch), drawn for every step up front: one host-to-device copy instead of one per
+    # step, and no per-row Python call inside the decode loop. A row that stops early leaves
+    # its later draws unused, exactly as drawing them step by step would.
+    uniforms = None
+    if temperature != 0:
+        uniforms = torch.stack(
+            [
+                torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in seeds
+            ]
+        ).to(device)
     cache = model.new_cache(B, P + max_new_tokens)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive_mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
@@ -138,11 +149,7 @@ def sample_batch(
         if temperature == 0:
             tok = next_logits.argmax(-1)
         else:
-            row_list = rows.tolist()
-            u = torch.tensor(
-                [torch.rand((), generator=gens[r], dtype=torch.float64).item() for r in row_list]
-            )
-            tok = sample_tokens(filter_probs(next_logits, temperature, top_k, top_p), u.to(device))
+            tok = sample_tokens(filter_probs(next_logits, temperature, top_k, top_p), uniforms[rows, t])
         alive = ~hit_eos[rows]  # rows kept in the batch may have finished since the last compaction
         tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
         logp = torch.log_softmax(next_logits, -1).gather(-1, tok[:, None]).squeeze(-1)  # temperature 1
