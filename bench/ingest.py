@@ -6,7 +6,8 @@ Baselines: `create table t as select * from read_json_auto(F)` (the JSON-lines f
 its broken lines, which read_json_auto would refuse) and `create table t as select * from
 read_text(F)` for text, into a database file (connect, load, commit, close), since ingest
 writes one; the in-memory load is printed too. `gae.ingest` does more (per-line quarantine, NFC + hash + dedup,
-prompts), so the ratio is the price of those guarantees; the target is <= 3x for JSON lines.
+prompts), so the ratio is the price of those guarantees; the target is <= 3x for JSON lines. It also times
+reading prompts back through the `prompts` view (spans resolved against documents.text).
 Files under ../shared/corpora/ are timed too when present.
 """
 
@@ -93,6 +94,31 @@ def duckdb_load(sql: str, arg: str, db: Path | None = None) -> float:
     return time.perf_counter() - t
 
 
+def lookups(data_dir: Path) -> None:
+    """Prompts read through the `prompts` view (spans resolved against documents.text): the rollout task's
+    lookup by id (tasks/rollout.py) and gae.db.fetch_prompts' seeded sample, best of 3 each."""
+    from gae.db import connect, fetch_prompts
+
+    con = connect(data_dir, read_only=True, views=False)
+    try:
+        ids = [
+            r[0]
+            for r in con.execute(
+                "select prompt_id from prompt_spans using sample 32 rows (reservoir, 7)"
+            ).fetchall()
+        ]
+        by_id = "select prompt_id, prompt, reference from prompts where list_contains($ids, prompt_id) order by prompt_id"
+        for label, fn in (
+            ("prompts by id (32, rollout task)", lambda: con.execute(by_id, {"ids": ids}).fetchall()),
+            ("fetch_prompts train, 32 seeded ", lambda: fetch_prompts(con, split="train", limit=32, seed=0)),
+            ("fetch_prompts eval, 32 seeded  ", lambda: fetch_prompts(con, split="eval", limit=32, seed=0)),
+        ):
+            best = min(time_it(fn) for _ in range(3))
+            print(f"  {label}  {best:6.3f} s (best of 3)")
+    finally:
+        con.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=200.0, help="Size of the generated JSON-lines file.")
@@ -128,6 +154,7 @@ def main() -> None:
         print(
             f"  inserted {s.inserted} duplicates {s.duplicates} quarantined {s.quarantined_by_reason} lost {lost}"
         )
+        lookups(tmp / "d1")
         s0 = ingest([jsonl], data_dir=tmp / "d0", options=IngestConfig(make_prompts=False))
         print(
             f"  gae ingest, no prompts          {s0.seconds:6.2f} s  {mb / s0.seconds:6.1f} MB/s  ratio {s0.seconds / base:.2f}x"
