@@ -514,7 +514,7 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     # The GPU report on made-up figures: 1024 x 4096 at 2.5x the floor and 400x the loop
     # meets both GAE targets; a 0.05 s step is 0.49 / 0.05 = 9.8x the CPU baseline; rollout
     # makes 2 large copies but names only 1 as the store's: the copy target fails.
-    from bench.gpu import CPU_SMOKE_STEP_S, report
+    from bench.gpu import CPU_SMOKE_STEP_S, CPU_STAGES_S, report
 
     env = {
         "device_name": "Test GPU",
@@ -545,6 +545,8 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     assert "| 2.50x | yes |" in text and "| 400x | yes |" in text and "| 1.20x | yes |" in text
     assert "0.050 s = 9.8x | yes |" in text
     assert "rollout: 2, store copy: 1 (store's: 2) | no |" in text
+    # the stages in process: 2 x 0.01 s against the CPU's 0.068 s = 3.4x, short of 5x
+    assert pytest.approx(0.068) == CPU_STAGES_S and "0.020 s = 3.4x | no |" in text
     # every large copy named, each tensor once: met; the same tensor copied twice: not met
     stages["rows"][0]["store_copies"] = ["response_tokens", "action_mask"]
     assert "(store's: 3) | yes |" in report(env, {"stages": stages}, {})
