@@ -8,7 +8,8 @@ import gzip
 import pytest
 
 from gae.db import connect
-from gae.ingest import IngestConfig, _csv_record_lines, ingest
+from gae.ingest import IngestConfig, ingest
+from gae.ingest.readers import _csv_record_lines
 
 # Lines of the file (CRLF ends; the quoted fields hold LF and CRLF newlines):
 #  1 id,text                      header
