@@ -337,7 +337,11 @@ def _csv_physical_lines(
     good_lines = lines[keep]
     if len(good_lines) != good.num_rows:
         return good, bad
-    good = good.set_column(good.schema.get_field_index("line"), "line", pa.array(good_lines, pa.int64()))
+    # by record number (the good rows' ordinal in the file), not by position: the table's row order is not
+    # promised with preserve_insertion_order = false
+    record = np.asarray(good.column("record").to_numpy(zero_copy_only=False), dtype=np.int64)
+    line = good_lines[record - 1]
+    good = good.set_column(good.schema.get_field_index("line"), "line", pa.array(line, pa.int64()))
     bad = bad.set_column(bad.schema.get_field_index("line"), "line", pa.array(lines[rejected], pa.int64()))
     return good, bad
 
