@@ -258,13 +258,16 @@ def fetch_prompts(
     _check_split(split)
     # md5 rather than DuckDB's hash(): stable across DuckDB versions, so a seed means the same sample.
     order = "prompt_id" if seed is None else "md5(prompt_id || ':' || $seed), prompt_id"
-    sql = f"select prompt_id, prompt, reference from prompts where split = $split order by {order}"
+    # The ids are picked from prompt_spans before the view resolves any text: the view joins
+    # documents and cuts substrings, which for a whole split costs seconds on a large corpus.
+    pick = f"select prompt_id from prompt_spans where split = $split order by {order}"
     params: dict = {"split": split}
     if seed is not None:
         params["seed"] = str(int(seed))
     if limit is not None:
-        sql += " limit $limit"
+        pick += " limit $limit"
         params["limit"] = int(limit)
+    sql = f"select prompt_id, prompt, reference from prompts where prompt_id in ({pick}) order by {order}"
     rows = con.execute(sql, params).fetchall()
     return [{"prompt_id": r[0], "prompt": r[1], "reference": r[2]} for r in rows]
 

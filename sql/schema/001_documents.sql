@@ -5,7 +5,7 @@ create table if not exists documents (
     -- no PRIMARY KEY: its index made inserts 3x slower. `gae query check_corpus` verifies it.
     document_id  varchar not null,
     source_uri   varchar not null,   -- file:///abs/path.jsonl, or python-stdlib:<path> for the default corpus
-    line         bigint,             -- 1-based line where the record starts (JSON lines, text), else null
+    line         bigint,             -- 1-based line where the record starts (JSON lines, CSV, text), else null
     record       bigint,             -- 1-based record number (JSON array element, CSV/Parquet row, text block)
     -- md5 (hex) of the text after Unicode NFC, every whitespace run folded into one space, trimmed.
     content_hash varchar not null,
