@@ -127,9 +127,10 @@ def score_reference(model, prompts: list[torch.Tensor], responses: list[torch.Te
     out = []
     for p, r in zip(prompts, responses, strict=True):
         seq = torch.cat([p, r])[None]
-        logits, values = model(seq, torch.ones_like(seq, dtype=torch.bool))
-        logp = torch.log_softmax(logits[0].double(), -1)
         n = len(p)
+        # the state before response token 0 sits at column n - 1 (the time-aware head counts from it)
+        logits, values = model(seq, torch.ones_like(seq, dtype=torch.bool), response_start=n - 1)
+        logp = torch.log_softmax(logits[0].double(), -1)
         lp = [logp[n - 1 + t, r[t]].item() for t in range(len(r))]
         v = [values[0, n - 1 + t].item() for t in range(len(r))]
         out.append((lp, v, values[0, -1].item()))
@@ -231,3 +232,37 @@ def test_resolve_device_and_threads():
     assert configure_threads(None) == torch.get_num_threads()
     with pytest.raises(ValueError, match="threads must be >= 1"):
         configure_threads(0)
+
+
+def test_time_aware_value_head_counts_response_steps(tmp_path):
+    """value_time_features=1 with only the sin weight set: V(s_t) = sin(pi * t / block_size) for
+    the state before response token t, whatever the prompt's length or its left padding."""
+    cfg = ModelConfig.preset("tiny", value_time_features=1)
+    torch.manual_seed(0)
+    m = build_model(cfg, V).eval()
+    H = m.actor.hidden_size
+    assert m.value_head.in_features == H + 2
+    assert torch.equal(m.value_head.weight, torch.zeros(1, H + 2))  # V = 0 before training
+    with torch.no_grad():
+        m.value_head.weight[0, H] = 1.0  # the sin feature; hidden-state and cos weights stay 0
+    prompts, pmask = left_pad([torch.tensor([1, 2, 3, 4, 5]), torch.tensor([7, 8])], 6)
+    resp = torch.randint(3, V, (2, 4))
+    amask = torch.tensor([[True] * 4, [True, True, False, False]])
+    out = score_responses(m, prompts, pmask, resp, amask)
+    # t = 0, 1, 2, 3 -> sin(pi * t / 128) (block_size 128 in the tiny preset); 0 off the mask
+    want = torch.sin(torch.pi * torch.arange(4.0) / 128).expand(2, 4)
+    torch.testing.assert_close(out.values, torch.where(amask, want, 0.0))
+    # the state after each row's last token: step 4 and step 2
+    torch.testing.assert_close(out.last_values, torch.sin(torch.pi * torch.tensor([4.0, 2.0]) / 128))
+    # saved and loaded with the head it was built with; a config saved before the field existed
+    # loads as the plain head
+    save_model(m, tmp_path / "m")
+    assert load_model(tmp_path / "m").value_head.in_features == H + 2
+    import json
+
+    m0 = build_model(ModelConfig.preset("tiny", value_time_features=0), V)
+    save_model(m0, tmp_path / "old")
+    raw = json.loads((tmp_path / "old" / "config.json").read_text())
+    del raw["model"]["value_time_features"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(raw))
+    assert load_model(tmp_path / "old").value_head.in_features == H

@@ -46,7 +46,8 @@ class ActorCritic(nn.Module):
         self.actor = actor
         self.critic_trunk = critic_trunk  # None: the value head reads the actor's hidden states
         trunk = critic_trunk if critic_trunk is not None else actor
-        self.value_head = nn.Linear(trunk.hidden_size, 1)
+        self.n_time = int(cfg.value_time_features)
+        self.value_head = nn.Linear(trunk.hidden_size + 2 * self.n_time, 1)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
@@ -59,20 +60,46 @@ class ActorCritic(nn.Module):
         return getattr(self.actor, "block_size", None)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, logits_slice: slice | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        logits_slice: slice | None = None,
+        response_start: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids, attention_mask: (B, L) -> logits (B, L, V), values (B, L) (no cache).
 
         `logits_slice` projects only those positions to the vocabulary (B, len(slice), V): scoring
         needs the response positions only, and with a 50k vocabulary the prompt's logits would
-        dominate memory.
+        dominate memory. `response_start`: the column of the state before the first response
+        token (prompts are left-padded, so it is the same for every row); the time-aware value
+        head counts response steps from there (None: from each row's first real token).
         """
         hidden, _ = self.actor(input_ids, attention_mask, None)  # (B, L, H)
         logits = self.actor.logits(hidden if logits_slice is None else hidden[:, logits_slice])  # (B, L', V)
         if self.critic_trunk is not None:
             hidden, _ = self.critic_trunk(input_ids, attention_mask, None)
+        if self.n_time:
+            hidden = torch.cat([hidden, self.time_features(hidden, attention_mask, response_start)], -1)
         values = self.value_head(hidden).squeeze(-1)  # (B, L)
         return logits, values.to(torch.float32)
+
+    def time_features(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, response_start: int | None
+    ) -> torch.Tensor:
+        """(B, L, 2 * n_time): sin and cos of pi * k * step / block_size, k = 1..n_time, where
+        step = response steps taken (0 up to and at `response_start`), or without it the real
+        tokens before this one. Fixed features, so the value head learns a smooth function of
+        the step with 2 * n_time weights; left padding does not move them."""
+        B, L, _ = hidden.shape
+        if response_start is None:
+            step = attention_mask.long().cumsum(1) - 1  # (B, L)
+        else:
+            step = (torch.arange(L, device=hidden.device) - response_start).expand(B, L)
+        x = step.clamp(min=0).to(torch.float32) / float(self.cfg.block_size)
+        k = torch.arange(1, self.n_time + 1, device=hidden.device, dtype=torch.float32)
+        ang = torch.pi * x[..., None] * k  # (B, L, n_time)
+        return torch.cat([ang.sin(), ang.cos()], -1).to(hidden.dtype)
 
     def new_cache(self, batch_size: int, max_len: int):
         """A decode cache for the actor (generation does not need the critic)."""

@@ -42,6 +42,14 @@ class ModelConfig(BaseModel):
         description="head: value head on the policy trunk; separate: a critic trunk of the same arch, "
         "initialised from the policy's weights.",
     )
+    value_time_features: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Frequency pairs (sin, cos) of the response step given to the value head beside the "
+        "hidden state: a time-aware critic (Pardo et al. 2018, 'Time Limits in Reinforcement Learning'), "
+        "since with a token budget the value of a state depends on how much of it is left. 0: off.",
+    )
     hf_path: str | None = Field(
         None, description="Local Hugging Face model directory for arch=hf (never downloaded)."
     )

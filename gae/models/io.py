@@ -47,7 +47,8 @@ def read_model_config(model_dir: str | Path) -> ModelConfig:
     raw = json.loads(path.read_text())
     if raw.get("format") != FORMAT_VERSION or "model" not in raw:
         raise ValueError(f"{path}: not a gaeflow model config (format {raw.get('format')!r})")
-    return ModelConfig(**raw["model"])
+    # models saved before the time-aware value head existed have a plain one
+    return ModelConfig(**{"value_time_features": 0, **raw["model"]})
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> ActorCritic:

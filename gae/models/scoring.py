@@ -63,7 +63,7 @@ def score_responses(
     attn = torch.cat([prompt_mask.bool(), torch.ones_like(action_mask, dtype=torch.bool)], 1)
     window = slice(P - 1, P + T - 1)  # the positions that predict response tokens 0..T-1
     if isinstance(model, ActorCritic):
-        logits, values = model(ids, attn, logits_slice=window)  # (B, T, V), (B, P + T)
+        logits, values = model(ids, attn, logits_slice=window, response_start=P - 1)  # (B, T, V), (B, P + T)
     else:  # any module with the ActorCritic call signature
         logits, values = model(ids, attn)
         logits = logits[:, window]
