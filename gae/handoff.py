@@ -9,7 +9,8 @@ rewritten by another process, or a rerun, falls back to reading the file.
 
 Only non-CPU devices use it (`enabled_for`): on the CPU the file read is the same memory
 traffic as the cache, and handing the same tensor object to two stages would let an in-place
-change in one leak into the other. Holds at most `MAX_ENTRIES` files (about two iterations).
+change in one leak into the other. Holds at most `MAX_ENTRIES` files, so device memory is
+not kept for old iterations.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-MAX_ENTRIES = 8
+MAX_ENTRIES = 4  # an iteration writes two (the batch, the advantages): the last two iterations
 
 _lock = threading.Lock()
 _entries: OrderedDict[str, tuple[tuple[int, int, int], dict[str, torch.Tensor]]] = OrderedDict()
