@@ -203,3 +203,37 @@ def load_config(
     elif overrides:
         data = _deep_update(data, {k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig.model_validate(data)
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    """The config as YAML with each field's description as a comment above it; `load_config(path=...)`
+    reads it back to an equal config (what `gae config > run.yaml` then `gae run -c run.yaml` relies on)."""
+    return "\n".join(_yaml_lines(cfg, cfg.model_dump(mode="json"), 0)) + "\n"
+
+
+def _yaml_lines(model: BaseModel, values: dict, indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    for name, info in type(model).model_fields.items():
+        value, sub = values[name], getattr(model, name)
+        if info.description:
+            lines += [f"{pad}# {line}" for line in _wrap(info.description, 100 - indent)]
+        if isinstance(sub, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines += _yaml_lines(sub, value, indent + 2)
+            continue
+        if isinstance(value, str) and not value.isprintable():
+            # a JSON string is a YAML double-quoted scalar: "\n\n" stays on one line, escaped
+            import json
+
+            lines.append(f"{pad}{name}: {json.dumps(value, ensure_ascii=False)}")
+            continue
+        text = yaml.safe_dump({name: value}, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n")
+        lines += [pad + line for line in text.split("\n")]
+    return lines
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, max(40, width - 2)) or [""]
