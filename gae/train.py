@@ -106,9 +106,19 @@ class PPOConfig(BaseModel):
         "but later minibatches are scored after some steps).",
     )
     seed: int = Field(0, description="Seed of the minibatch permutations (with the iteration number).")
+    micro_batch_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per forward/backward pass inside a minibatch (gradient accumulation, verl's "
+        "micro batch): memory scales with it, the step does not change. None: the whole minibatch.",
+    )
 
 
 ScoreFn = Callable[..., object]
+
+# Loss metrics that are aggregates under `loss_agg`: over micro batches they combine with the
+# loss's weights; the others are means over action tokens and combine by token share.
+AGG_METRICS = frozenset({"actor/pg_loss", "critic/vf_loss", "actor/entropy", "actor/kl_loss"})
 
 
 def _default_score_fn() -> ScoreFn:
@@ -265,44 +275,65 @@ def ppo_update(
     for epoch in range(cfg.epochs):
         perm = torch.randperm(B, generator=gen).to(device)
         for k, idx in enumerate(perm.tensor_split(n_mb)):
-            m = mask[idx]
-            logp, values, entropy = _score(score_fn, model, batch, idx, compute_entropy=True)
-            if epoch == 0 and not cfg.score_before_update:
-                train_logprobs[idx] = logp.detach().float()
-            pg, pg_m = policy_loss(
-                logp,
-                old_logprobs[idx],
-                advantages[idx],
-                m,
-                clip_low=cfg.clip_low,
-                clip_high=cfg.clip_high,
-                dual_clip=cfg.dual_clip,
-                agg=cfg.loss_agg,
-            )
-            if epoch == 0 and k == 0:
-                with torch.no_grad():
-                    dev = (logp.detach() - old_logprobs[idx]).abs()
-                    first_ratio_max_dev = float(torch.where(m, dev, torch.zeros_like(dev)).max())
-            vf, vf_m = value_loss(
-                values, old_values[idx], returns[idx], m, clip=cfg.value_clip, agg=cfg.loss_agg
-            )
-            ent, ent_m = entropy_loss(entropy, m, agg=cfg.loss_agg)
-            mb_metrics = {**pg_m, **vf_m, **ent_m}
-            if cfg.target_kl is not None and not warmup and pg_m["actor/approx_kl"] > cfg.target_kl:
+            optimizer.zero_grad(set_to_none=True)
+            mb_metrics: dict[str, float] = defaultdict(float)
+            total_loss = 0.0
+            # Gradient accumulation over micro batches: each one's aggregated loss is scaled by
+            # its share of the minibatch's denominator (action tokens for token-mean, non-empty
+            # rows for the sequence means), so the summed gradient is the whole minibatch's; a
+            # plain mean over micro batches would reweight tokens (the normalisation bug of
+            # gradient accumulation in HF Trainer, transformers#34191).
+            n_tok = max(int(mask[idx].sum()), 1)
+            n_rows = max(int(mask[idx].any(-1).sum()), 1)
+            chunks = idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,)
+            for mi in chunks:
+                m = mask[mi]
+                w_tok = float(m.sum()) / n_tok
+                w_agg = w_tok if cfg.loss_agg == "token-mean" else float(m.any(-1).sum()) / n_rows
+                logp, values, entropy = _score(score_fn, model, batch, mi, compute_entropy=True)
+                if epoch == 0 and not cfg.score_before_update:
+                    train_logprobs[mi] = logp.detach().float()
+                pg, pg_m = policy_loss(
+                    logp,
+                    old_logprobs[mi],
+                    advantages[mi],
+                    m,
+                    clip_low=cfg.clip_low,
+                    clip_high=cfg.clip_high,
+                    dual_clip=cfg.dual_clip,
+                    agg=cfg.loss_agg,
+                )
+                if epoch == 0 and k == 0:
+                    with torch.no_grad():
+                        dev = (logp.detach() - old_logprobs[mi]).abs()
+                        dev = float(torch.where(m, dev, torch.zeros_like(dev)).max())
+                        first_ratio_max_dev = (
+                            dev if math.isnan(first_ratio_max_dev) else max(first_ratio_max_dev, dev)
+                        )
+                vf, vf_m = value_loss(
+                    values, old_values[mi], returns[mi], m, clip=cfg.value_clip, agg=cfg.loss_agg
+                )
+                ent, ent_m = entropy_loss(entropy, m, agg=cfg.loss_agg)
+                chunk_m = {**pg_m, **vf_m, **ent_m}
+                if warmup:
+                    loss = cfg.vf_coef * vf
+                else:
+                    loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
+                    if kl_in_loss:
+                        kl, kl_m = kl_loss(logp, batch.ref_logprobs[mi].float(), m, agg=cfg.loss_agg)
+                        loss = loss + kl_coef * kl
+                        chunk_m.update(kl_m)
+                (loss * w_agg).backward()
+                total_loss += float(loss.detach()) * w_agg
+                # the aggregated losses add up like the loss; the per-token rates by token share
+                for key, val in chunk_m.items():
+                    mb_metrics[key] += val * (w_agg if key in AGG_METRICS else w_tok)
+            if cfg.target_kl is not None and not warmup and mb_metrics["actor/approx_kl"] > cfg.target_kl:
                 # Checked before stepping (stricter than cleanrl's end-of-epoch check): no step
                 # is taken on a minibatch that has already left the trust region.
+                optimizer.zero_grad(set_to_none=True)
                 stopped = True
                 break
-            if warmup:
-                loss = cfg.vf_coef * vf
-            else:
-                loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
-                if kl_in_loss:
-                    kl, kl_m = kl_loss(logp, batch.ref_logprobs[idx].float(), m, agg=cfg.loss_agg)
-                    loss = loss + kl_coef * kl
-                    mb_metrics.update(kl_m)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if warmup:  # the policy's parameters take no step (AdamW skips grad None)
                 for p in all_params:
                     if id(p) in actor_ids:
@@ -317,7 +348,7 @@ def ppo_update(
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
             mb_metrics["actor/grad_norm"] = grad_norm
-            mb_metrics["actor/total_loss"] = float(loss.detach())
+            mb_metrics["actor/total_loss"] = total_loss
             for key, val in mb_metrics.items():
                 sums[key] += val
                 counts[key] += 1

@@ -502,3 +502,70 @@ def test_task_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
     resumed = load_model(final_b)
     for (k, x), y in zip(model.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_micro_batches_take_the_same_step_as_the_whole_minibatch(agg):
+    """Gradient accumulation: micro batches of 3 rows and of 1 row, against whole minibatches,
+    on ragged masks with an empty row, the KL and entropy terms and value clipping on: the same
+    parameters after two epochs and the same metrics. A plain mean over micro batches would
+    weight a short row's tokens like a long row's and fail here."""
+    base = tiny_model(3)
+    batch = synthetic_batch(base, B=10, seed=4)
+    batch.action_mask[3] = False  # a row with no action token
+    batch.logprobs[3] = 0.0
+    batch.values[3] = 0.0
+    batch.ref_logprobs = batch.logprobs - 0.1 * torch.rand(batch.logprobs.shape)
+    _, _, adv, ret = advantages_of(batch)
+    results = []
+    for micro in (None, 3, 1):
+        model = copy.deepcopy(base)
+        cfg = PPOConfig(
+            epochs=2, minibatches=2, loss_agg=agg, entropy_coef=0.01, value_clip=0.2, micro_batch_rows=micro
+        )
+        metrics, lp = ppo_update(
+            model, build_optimizer(model, cfg), batch, adv, ret, cfg, kl_coef=0.1, kl_placement="loss"
+        )
+        results.append((model, metrics, lp))
+    (m0, met0, lp0), *rest = results
+    assert met0["actor/update_steps"] == 4
+    for model, met, lp in rest:
+        for p0, p in zip(m0.parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(p, p0, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(lp, lp0, atol=1e-6, rtol=0)
+        for key in (
+            "actor/pg_loss",
+            "critic/vf_loss",
+            "actor/entropy",
+            "actor/kl_loss",
+            "actor/approx_kl",
+            "actor/pg_clipfrac",
+            "actor/total_loss",
+            "actor/grad_norm",
+        ):
+            assert met[key] == pytest.approx(met0[key], rel=1e-4, abs=1e-6), key
+
+
+def test_micro_batches_stop_on_target_kl_like_the_whole_minibatch():
+    """The target-KL stop reads the minibatch's KL, never one micro batch's."""
+    base = tiny_model(5)
+    batch = synthetic_batch(base, B=8, seed=6)
+    _, _, adv, ret = advantages_of(batch)
+    shifted = copy.deepcopy(batch)
+    # rows 0 and 1 only: their tokens' k3 KL is (e^0.5 - 1) - 0.5 = 0.149, about a quarter of the
+    # tokens, so the minibatch's is ~0.04 while any 2-row micro batch holding one of them is > 0.06
+    shifted.logprobs[:2] = torch.where(batch.action_mask[:2], batch.logprobs[:2] - 0.5, 0.0)
+    for b, target, stops in ((batch, 1e-9, False), (shifted, 0.06, False), (shifted, 0.01, True)):
+        runs = []
+        for micro in (None, 2):
+            model = copy.deepcopy(base)
+            cfg = PPOConfig(epochs=1, minibatches=1, target_kl=target, micro_batch_rows=micro)
+            m, _ = ppo_update(model, build_optimizer(model, cfg), b, adv, ret, cfg)
+            assert m["actor/early_stopped"] == float(stops) and m["actor/update_steps"] == float(not stops)
+            runs.append(model)
+        for p, q in zip(runs[0].parameters(), runs[1].parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=2e-6, rtol=1e-5)
+        if stops:
+            assert all(
+                torch.equal(p, q) for p, q in zip(base.parameters(), runs[1].parameters(), strict=True)
+            )
