@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from gae.device import autocast
 from gae.losses import AggMode, entropy_loss, explained_variance, kl_loss, policy_loss, value_loss
 from gae.masked import masked_mean, masked_whiten
 
@@ -106,6 +107,11 @@ class PPOConfig(BaseModel):
         "but later minibatches are scored after some steps).",
     )
     seed: int = Field(0, description="Seed of the minibatch permutations (with the iteration number).")
+    bf16: bool = Field(
+        False,
+        description="bf16 autocast for the update's forward passes on CUDA (ignored on CPU); log-probs, "
+        "values and losses stay float32. Set rollout.bf16 too, so the first ratio is 1 up to rounding.",
+    )
     micro_batch_rows: int | None = Field(
         None,
         ge=1,
@@ -261,7 +267,8 @@ def ppo_update(
     if cfg.score_before_update:
         with torch.no_grad():
             for idx in torch.arange(B, device=device).tensor_split(n_mb):
-                lp, _, _ = _score(score_fn, model, batch, idx, compute_entropy=False)
+                with autocast(device, bf16=cfg.bf16):
+                    lp, _, _ = _score(score_fn, model, batch, idx, compute_entropy=False)
                 train_logprobs[idx] = lp.float()
     metrics["timing_s/old_log_prob"] = time.perf_counter() - t0
 
@@ -290,7 +297,9 @@ def ppo_update(
                 m = mask[mi]
                 w_tok = float(m.sum()) / n_tok
                 w_agg = w_tok if cfg.loss_agg == "token-mean" else float(m.any(-1).sum()) / n_rows
-                logp, values, entropy = _score(score_fn, model, batch, mi, compute_entropy=True)
+                with autocast(device, bf16=cfg.bf16):
+                    logp, values, entropy = _score(score_fn, model, batch, mi, compute_entropy=True)
+                logp, values, entropy = logp.float(), values.float(), entropy.float()
                 if epoch == 0 and not cfg.score_before_update:
                     train_logprobs[mi] = logp.detach().float()
                 pg, pg_m = policy_loss(

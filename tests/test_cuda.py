@@ -11,6 +11,7 @@ one-line refusal without CUDA, and its `--cpu-dry-run` end to end.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -500,6 +501,33 @@ def test_bf16_autocast_on_cuda_only():
         assert lin(x).dtype == torch.float32
     with autocast(torch.device("cpu"), bf16=True):  # a no-op on CPU by design
         assert lin.cpu()(x.cpu()).dtype == torch.float32
+
+
+@pytest.mark.cuda
+def test_ppo_update_in_bf16_on_cuda(tmp_path):
+    """ppo.bf16: the update's forward passes run in bf16 (seen by a hook on the LM head), the
+    losses and the returned log-probs stay float32 and finite, and the policy moves."""
+    from gae.rewards import RewardConfig, score_batch
+    from gae.rollout import RolloutConfig, generate_rollouts
+    from gae.shaping import ShapingConfig, shape_rewards
+    from gae.train import PPOConfig, build_optimizer, ppo_update
+
+    dev = torch.device("cuda")
+    tok, policy, ref, prompts = _tiny_setup(tmp_path, dev)
+    b = generate_rollouts(policy, ref, tok, prompts, RolloutConfig(n_samples=2, bf16=True), device=dev)
+    rewards, _ = shape_rewards(score_batch(b, RewardConfig()).total.to(dev), b, ShapingConfig(), 0.05)
+    adv, ret = compute_gae(rewards, b.values, b.action_mask.bool(), gamma=1.0, lam=0.95)
+    seen = []
+    head = next(m for m in policy.modules() if isinstance(m, torch.nn.Linear))
+    hook = head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    cfg = PPOConfig(epochs=1, minibatches=2, bf16=True, micro_batch_rows=3)
+    before = [p.detach().clone() for p in policy.parameters()]
+    metrics, lp = ppo_update(policy, build_optimizer(policy, cfg), b, adv, ret, cfg)
+    hook.remove()
+    assert torch.bfloat16 in seen
+    assert lp.dtype == torch.float32 and bool(torch.isfinite(lp).all())
+    assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    assert any(not torch.equal(p0, p) for p0, p in zip(before, policy.parameters(), strict=True))
 
 
 @pytest.mark.cuda
