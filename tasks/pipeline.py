@@ -121,8 +121,14 @@ def _partition_files(root: Path, table: str, run_id: str, iteration: int) -> Pat
 @task(name="publish-iteration", retries=2, retry_delay_seconds=1)
 def publish_iteration(data_dir: str, staging_dir: str, run_id: str, iteration: int) -> dict:
     """Move the staged Parquet files of an iteration into the store: each file by one atomic
-    rename, so a reader sees the old file or the new one. Idempotent: files already moved
-    are not looked for again."""
+    rename, so a reader sees the old file or the new one; files of an earlier attempt at the
+    iteration that the new ones do not replace are removed.
+
+    Idempotent and safe to retry: the names being published are written to a manifest in the
+    staging partition before the first rename, so a retry after a partial move, or a second
+    call after success, knows which files in the store are this iteration's (moved already)
+    and which are stale, instead of treating whatever is still staged as the whole set."""
+    from gae.fsutil import atomic_write_json
     from gae.paths import DataDir
 
     dd = DataDir.resolve(data_dir)
@@ -130,17 +136,30 @@ def publish_iteration(data_dir: str, staging_dir: str, run_id: str, iteration: i
     for table in ("tokens", "rollouts"):
         src = _partition_files(Path(staging_dir), table, run_id, iteration)
         dst = _partition_files(dd.root, table, run_id, iteration)
-        if not src.exists():
-            continue
+        manifest = src / PUBLISH_MANIFEST
+        if manifest.exists():
+            names = json.loads(manifest.read_text())["files"]
+        else:
+            names = sorted(p.name for p in src.glob("*.parquet")) if src.exists() else []
+            if not names:
+                continue  # nothing staged for this table
+            atomic_write_json(manifest, {"files": names})
         dst.mkdir(parents=True, exist_ok=True)
-        names = sorted(p.name for p in src.glob("*.parquet"))
         for name in names:
-            os.replace(src / name, dst / name)
+            if (src / name).exists():
+                os.replace(src / name, dst / name)
+            elif not (dst / name).exists():
+                raise FileNotFoundError(
+                    f"publish: {name} of {table} iteration {iteration} is neither staged in {src} nor in {dst}"
+                )
         for stale in dst.glob("*.parquet"):
             if stale.name not in names:
                 stale.unlink()
         moved[table] = str(dst)
     return moved
+
+
+PUBLISH_MANIFEST = "_publish.json"
 
 
 @task(name="complete-iteration", retries=2, retry_delay_seconds=1)

@@ -479,3 +479,51 @@ def test_token_text_from_the_project_tokenizer(tmp_path):
     # Byte-level pieces of 猫 show as U+FFFD when a token holds part of the character.
     assert [g[0] for g in got] == tok.token_texts(ids)
     assert len(got) == T and all(isinstance(g[0], str) for g in got)
+
+
+def test_publish_survives_a_retry_after_a_partial_move_and_a_second_call(tmp_path, monkeypatch):
+    """publish-iteration is retried by Prefect: a failure after moving the tokens file, the
+    retry, and one more call after success leave exactly this iteration's files; a file of an
+    earlier attempt that the new ones do not replace is removed."""
+    import os
+
+    from tasks.pipeline import publish_iteration
+
+    data, stage = tmp_path / "data", tmp_path / "stage"
+    for table in ("tokens", "rollouts"):
+        p = stage / table / "run_id=R" / "iteration=0"
+        p.mkdir(parents=True)
+        (p / "part-0.parquet").write_text(f"new {table}")
+    old = data / "tokens" / "run_id=R" / "iteration=0"
+    old.mkdir(parents=True)
+    (old / "part-0.parquet").write_text("old tokens")  # replaced by the new file
+    (old / "part-9.parquet").write_text("stale tokens")  # an earlier attempt's extra file
+
+    real, calls = os.replace, []
+
+    def fails_on_the_second_move(a, b):
+        calls.append(a)
+        if len(calls) == 2 and str(a).endswith(".parquet"):
+            raise OSError("disk went away")
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", fails_on_the_second_move)
+    with pytest.raises(OSError, match="disk went away"):
+        publish_iteration.fn(str(data), str(stage), "R", 0)
+    monkeypatch.setattr(os, "replace", real)
+
+    def published():
+        return {str(p.relative_to(data)): p.read_text() for p in sorted(data.rglob("*.parquet"))}
+
+    want = {
+        "rollouts/run_id=R/iteration=0/part-0.parquet": "new rollouts",
+        "tokens/run_id=R/iteration=0/part-0.parquet": "new tokens",
+    }
+    publish_iteration.fn(str(data), str(stage), "R", 0)  # the retry
+    assert published() == want
+    publish_iteration.fn(str(data), str(stage), "R", 0)  # once more, after success
+    assert published() == want
+    # a staged file that vanished from both places is an error, not a silent loss
+    (data / "rollouts" / "run_id=R" / "iteration=0" / "part-0.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="part-0.parquet of rollouts"):
+        publish_iteration.fn(str(data), str(stage), "R", 0)
