@@ -10,8 +10,9 @@ What a run holds:
 - metrics: every per-iteration metric with `step = iteration`, names made MLflow-safe
   (verl's MLflow logging broke on `(` and `@`: only letters, digits, `_ - . / ` survive);
 - artifacts: `config.json`, `generations/iter-NNNNN.json` (a table of sample prompts,
-  responses, scores and reward components per iteration), `plots/training.png`
-  (reward, KL and explained variance over iterations);
+  responses, scores and reward components per iteration, replaced when an iteration is
+  logged again), `generations/baseline.json` (the pretrained policy's samples),
+  `plots/training.png` (reward, KL and explained variance over iterations);
 - tags: `gae.run_id`, `gae.data_dir` and the Parquet locations of the run's tokens and
   rollouts (lineage from a metric back to the rows that produced it).
 
@@ -283,16 +284,33 @@ class Tracker:
         for i in range(0, len(items), METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
 
-    def log_generations(self, rows: list[dict] | Any, *, iteration: int) -> str:
+    def log_generations(self, rows: list[dict] | Any, *, iteration: int, name: str | None = None) -> str:
         """A table of sample generations (prompt, response, score, components...) for one
-        iteration, as `generations/iter-NNNNN.json` (shown as a table in MLflow's UI)."""
+        iteration, as `generations/iter-NNNNN.json`, or `generations/<name>.json` when `name`
+        is given (the pretrained policy's samples: `name="baseline"`). Shown as a table in
+        MLflow's UI and read back by `mlflow.load_table`.
+
+        Logging the same table again replaces it: a resumed run that redoes an iteration
+        must not show the crashed attempt's rows beside the redone ones. MLflow's
+        `log_table` appends to an existing file, so the table is written here in the same
+        format (pandas `orient="split"` JSON) and registered the way `log_table` registers
+        it (the run's `mlflow.loggedArtifacts` tag, which the UI and `load_table` read)."""
         import pandas as pd
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
         if "iteration" not in df.columns:
             df.insert(0, "iteration", int(iteration))
-        path = f"generations/iter-{iteration:05d}.json"
-        self.client.log_table(self.run_id, data=df, artifact_file=path)
+        stem = f"iter-{iteration:05d}" if name is None else name
+        if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
+            raise ValueError(f"generations table name {name!r}: one path component expected")
+        path = f"generations/{stem}.json"
+        text = df.to_json(orient="split", index=False, date_format="iso")
+        self.client.log_text(self.run_id, text, path)  # a whole new file: replaces, never appends
+        logged = json.loads(self.client.get_run(self.run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": path, "type": "table"}
+        if entry not in logged:
+            self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged + [entry]))
         return path
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:

@@ -87,3 +87,38 @@ def test_run_marked_failed_on_error(data_dir):
     run = get_client(data_dir).get_run(tr.run_id)
     assert run.info.status == "FAILED"
     assert "boom" in run.data.tags["gae.error"]
+
+
+def test_generation_tables_replace_and_baseline_has_its_own(data_dir):
+    """Each table is one artifact holding one logging's rows: the pretrained policy's samples
+    go to `generations/baseline.json`, and logging an iteration again (a resumed run redoing
+    it) replaces its table. MLflow's `log_table` would append to an existing file."""
+    from gae.tracking import use_tracking_uri
+
+    tr = Tracker.start(data_dir, run_id="gen")
+    base = tr.log_generations(
+        [{"prompt": "p", "response": "base", "score": 0.1}], iteration=0, name="baseline"
+    )
+    first = tr.log_generations([{"prompt": "p", "response": "crashed", "score": 0.2}], iteration=0)
+    redo = tr.log_generations(
+        [
+            {"prompt": "p", "response": "redone", "score": 0.3},
+            {"prompt": "q", "response": "r2", "score": 0.4},
+        ],
+        iteration=0,
+    )
+    assert (base, first, redo) == ("generations/baseline.json", "generations/iter-00000.json", first)
+
+    client = get_client(data_dir)
+    exp_id = client.get_run(tr.run_id).info.experiment_id
+    # Read back the way MLflow's UI and users do (load_table finds tables by the run's
+    # `mlflow.loggedArtifacts` tag; its run search goes through the fluent tracking URI).
+    with use_tracking_uri(tracking_uri(data_dir)):
+        it0 = client.load_table(exp_id, "generations/iter-00000.json", run_ids=[tr.run_id])
+        bl = client.load_table(exp_id, "generations/baseline.json", run_ids=[tr.run_id])
+    assert list(it0["response"]) == ["redone", "r2"]  # no copy of the first attempt's row
+    assert list(it0["iteration"]) == [0, 0]
+    assert list(bl["response"]) == ["base"] and list(bl["score"]) == [0.1]
+    tags = json.loads(client.get_run(tr.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert sorted(t["path"] for t in tags if t["type"] == "table") == [base, first]
+    tr.finish()
