@@ -188,32 +188,24 @@ def entropy_loss(
     return loss, {"actor/entropy": float(loss.detach())}
 
 
-def kl_penalty_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi || ref): exp(ref - logp) - (ref - logp) - 1 >= 0.
-
-    Unbiased with low variance for samples drawn from pi (Schulman 2020, "Approximating
-    KL Divergence"). The log-ratio is clamped to [-20, 20] before the exp and the result
-    to [-10, 10] as verl's `low_var_kl` does, so one token far off the reference cannot
-    produce inf. 0 off the mask.
-    """
-    m = _check_same(mask, logprobs=logprobs, ref_logprobs=ref_logprobs)
-    d = _zero_off(ref_logprobs - logprobs, m).clamp(-20.0, 20.0)
-    kl = (torch.exp(d) - d - 1.0).clamp(-10.0, 10.0)
-    return _zero_off(kl, m)
-
-
 def kl_loss(
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     *,
     agg: AggMode = "token-mean",
+    estimator: str = "k3",
+    clamp: float | None = 10.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """KL to the reference as a loss term (KL placement `loss`, as in GRPO, Shao et al.
-    2024): aggregate of `kl_penalty_k3`. The trainer adds `kl_coef * loss`.
-    Metric: actor/kl_loss."""
-    kl = kl_penalty_k3(logprobs, ref_logprobs, mask)
-    loss = aggregate(kl, mask, agg)
+    2024): aggregate of `gae.shaping.kl_per_token` with the run's estimator and clamp, the
+    same numbers as the store's `kl` column (k3 clamped to [-10, 10] is verl's `low_var_kl`).
+    The trainer adds `kl_coef * loss`. Metric: actor/kl_loss."""
+    from gae.shaping import kl_per_token
+
+    m = _check_same(mask, logprobs=logprobs, ref_logprobs=ref_logprobs)
+    kl = kl_per_token(logprobs, ref_logprobs, m, estimator, clamp)
+    loss = aggregate(kl, m, agg)
     return loss, {"actor/kl_loss": float(loss.detach())}
 
 

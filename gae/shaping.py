@@ -43,7 +43,10 @@ class KLConfig(BaseModel):
     )
     estimator: Literal["k1", "k2", "k3"] = Field(default="k1", description="Per-token KL estimator.")
     clamp: float | None = Field(
-        default=None, gt=0, description="Clamp each token's KL estimate to [-clamp, clamp] (None: no clamp)."
+        default=None,
+        gt=0,
+        description="Clamp each token's KL estimate to [-clamp, clamp] (None: no clamp), in the rewards, "
+        "the store's kl column and the KL loss alike; with placement=loss and k3, 10 is verl's low_var_kl.",
     )
     coef: float = Field(default=0.05, ge=0, description="Initial (or fixed) KL coefficient beta.")
     target: float | None = Field(
@@ -54,6 +57,17 @@ class KLConfig(BaseModel):
     horizon: int = Field(
         default=10000, gt=0, description="Adaptive controller horizon in samples (Ziegler et al.)."
     )
+
+    @model_validator(mode="after")
+    def _k1_is_no_loss(self) -> KLConfig:
+        if self.placement == "loss" and self.estimator == "k1":
+            # E_pi[grad log pi] = 0: as a loss on the policy's own samples, k1 = log pi - log ref
+            # has zero expected gradient, so the penalty would silently do nothing.
+            raise ValueError(
+                "shaping.kl.placement=loss needs estimator k2 or k3 (GRPO uses k3): the k1 estimate "
+                "as a loss has zero expected gradient"
+            )
+        return self
 
 
 class ShapingConfig(BaseModel):
@@ -115,7 +129,10 @@ def kl_per_token(
     elif estimator == "k2":
         kl = 0.5 * log_ratio.square()
     else:
-        kl = torch.expm1(log_ratio) - log_ratio  # exp(r) - 1 - r, expm1 keeps precision near 0
+        # exp(r) - 1 - r, expm1 keeps precision near 0; r clamped to [-20, 20] first (as verl's
+        # low_var_kl) so one token far off the reference gives a large finite value, not inf
+        r = log_ratio.clamp(-20.0, 20.0)
+        kl = torch.expm1(r) - r
     if clamp is not None:
         kl = kl.clamp(-clamp, clamp)
     return torch.where(mask, kl, zero)

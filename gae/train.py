@@ -210,6 +210,9 @@ def ppo_update(
     *,
     kl_coef: float = 0.0,
     kl_placement: str = "reward",
+    kl_estimator: str = "k3",
+    kl_clamp: float | None = 10.0,
+    train_critic: bool = True,
     iteration: int = 0,
     total_iterations: int | None = None,
     score_fn: ScoreFn | None = None,
@@ -220,8 +223,12 @@ def ppo_update(
         batch: gae.batch.RolloutBatch (its logprobs are the behaviour policy's, values the
             critic's at rollout time, ref_logprobs the reference policy's).
         advantages, returns: (B, T), 0 off `batch.action_mask` (gae.advantages output).
-        kl_coef, kl_placement: with placement "loss" the k3 KL to the reference is added to
-            the loss with this weight; otherwise the KL is already in the rewards.
+        kl_coef, kl_placement, kl_estimator, kl_clamp: with placement "loss" the KL to the
+            reference (`gae.shaping.kl_per_token` with this estimator and clamp) is added to the
+            loss with this weight; otherwise the KL is already in the rewards.
+        train_critic: False for critic-free estimators (GRPO, RLOO, ...): no value loss (with a
+            value head on the policy's trunk it would move the policy toward a meaningless
+            target) and no critic warm-up.
         iteration, total_iterations: for the learning-rate schedule, the minibatch seed and
             the critic warm-up.
         score_fn: defaults to gae.models.score_responses (the rollout's own scorer).
@@ -247,7 +254,7 @@ def ppo_update(
     old_logprobs = batch.logprobs.float()
     if cfg.whiten_advantages and int(mask.sum()) >= 2:
         advantages = masked_whiten(advantages, mask)
-    warmup = iteration < cfg.critic_warmup_iterations
+    warmup = train_critic and iteration < cfg.critic_warmup_iterations
     kl_in_loss = kl_placement == "loss" and kl_coef > 0
 
     factor = lr_factor(iteration, cfg, total_iterations)
@@ -327,9 +334,18 @@ def ppo_update(
                 if warmup:
                     loss = cfg.vf_coef * vf
                 else:
-                    loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
+                    loss = pg - cfg.entropy_coef * ent
+                    if train_critic:  # else the value head gets no gradient (AdamW skips it)
+                        loss = loss + cfg.vf_coef * vf
                     if kl_in_loss:
-                        kl, kl_m = kl_loss(logp, batch.ref_logprobs[mi].float(), m, agg=cfg.loss_agg)
+                        kl, kl_m = kl_loss(
+                            logp,
+                            batch.ref_logprobs[mi].float(),
+                            m,
+                            agg=cfg.loss_agg,
+                            estimator=kl_estimator,
+                            clamp=kl_clamp,
+                        )
                         loss = loss + kl_coef * kl
                         chunk_m.update(kl_m)
                 (loss * w_agg).backward()

@@ -74,7 +74,9 @@ def compute_advantages(
     tensors = {"token_rewards": rewards, "kl": kl, "advantages": adv, "returns": ret}
     tensors = {k: v.detach().float() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(to_host(tensors).wait(), str(tmp))  # the store's copy of these columns
+        # the estimator rides along: the trainer reads whether to fit the critic from it
+        meta = {"estimator": est.value, "needs_critic": str(est.needs_critic).lower()}
+        save_file(to_host(tensors).wait(), str(tmp), metadata=meta)  # the store's copy of these columns
     if handoff.enabled_for(dev):
         handoff.put(path, tensors)  # the trainer in this process reads them without a round trip
     return {
@@ -83,6 +85,15 @@ def compute_advantages(
         "n_rollouts": batch.batch_size,
         "n_action_tokens": int(mask.sum()),
     }
+
+
+def advantages_meta(path: str | Path) -> dict[str, str]:
+    """The estimator that wrote `path` ({"estimator", "needs_critic": "true"|"false"}; empty for
+    files written before it was recorded). Reads the header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_advantages(path: str | Path, device="cpu") -> dict:

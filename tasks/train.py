@@ -66,7 +66,7 @@ def train_iteration(
     from gae.rewards import ScoreTable
     from gae.shaping import ShapingConfig, build_kl_controller
     from gae.train import PPOConfig, build_optimizer, data_metrics, ppo_update
-    from tasks.advantages import load_advantages
+    from tasks.advantages import advantages_meta, load_advantages
     from tasks.rewards import SCORES_FILE
 
     dd = DataDir.resolve(data_dir)
@@ -102,6 +102,10 @@ def train_iteration(
         cfg,
         kl_coef=float(kl_coef),
         kl_placement=shaping.kl.placement,
+        kl_estimator=shaping.kl.estimator,
+        kl_clamp=shaping.kl.clamp,
+        # critic-free estimators (GRPO, RLOO, ...) leave the value function alone
+        train_critic=advantages_meta(advantages_path).get("needs_critic", "true") == "true",
         iteration=iteration,
         total_iterations=total_iterations,
     )

@@ -12,7 +12,6 @@ from gae.losses import (
     entropy_loss,
     explained_variance,
     kl_loss,
-    kl_penalty_k3,
     policy_loss,
     value_loss,
 )
@@ -169,20 +168,36 @@ def test_entropy_loss():
     assert loss.item() == pytest.approx(2.0) and met["actor/entropy"] == pytest.approx(2.0)
 
 
-def test_kl_k3_by_hand():
+def test_kl_loss_by_hand_with_the_runs_estimator_and_clamp():
+    from gae.shaping import kl_per_token
+
     logp = torch.log(_t([[0.5, 0.3, 0.9]]))
     ref = torch.log(_t([[0.25, 0.3, 0.1]]))
     m = _m([[1, 1, 0]])
-    kl = kl_penalty_k3(logp, ref, m)
-    # t0: d = log(0.25/0.5) = -0.693147; exp(d) - d - 1 = 0.5 + 0.693147 - 1 = 0.193147
-    # t1: d = 0 -> 0; t2: off the mask -> 0
-    assert kl.tolist()[0] == pytest.approx([0.5 + math.log(2) - 1, 0.0, 0.0])
-    loss, met = kl_loss(logp, ref, m)
-    assert loss.item() == pytest.approx((0.5 + math.log(2) - 1) / 2)
-    assert met["actor/kl_loss"] == pytest.approx(loss.item())
-    # Far from the reference the estimate saturates instead of overflowing.
-    far = kl_penalty_k3(_t([[-100.0]]), _t([[0.0]]), _m([[1]]))
+    # t0: d = log(0.25/0.5) = -0.693147; k3 = exp(d) - d - 1 = 0.5 + 0.693147 - 1 = 0.193147,
+    # k2 = d^2 / 2 = 0.240227; t1: d = 0 -> 0; t2: off the mask -> 0
+    k3 = 0.5 + math.log(2) - 1
+    loss, met = kl_loss(logp, ref, m)  # defaults: k3 clamped to 10, GRPO's
+    assert loss.item() == pytest.approx(k3 / 2) and met["actor/kl_loss"] == pytest.approx(loss.item())
+    loss, _ = kl_loss(logp, ref, m, estimator="k2", clamp=None)
+    assert loss.item() == pytest.approx(math.log(2) ** 2 / 2 / 2)
+    loss, _ = kl_loss(logp, ref, m, estimator="k3", clamp=0.1)  # 0.193 clamped to 0.1
+    assert loss.item() == pytest.approx(0.1 / 2)
+    # the same numbers as the store's kl column
+    assert torch.equal(kl_per_token(logp, ref, m, "k3", 10.0)[0, :2].sum() / 2, kl_loss(logp, ref, m)[0])
+    # far from the reference the estimate saturates at the clamp, and stays finite without one
+    far = kl_loss(_t([[-100.0]]), _t([[0.0]]), _m([[1]]))[0]
     assert far.item() == 10.0
+    assert math.isfinite(kl_loss(_t([[-100.0]]), _t([[0.0]]), _m([[1]]), clamp=None)[0].item())
+
+
+def test_kl_in_the_loss_refuses_k1():
+    from gae.shaping import KLConfig
+
+    with pytest.raises(ValueError, match="zero expected gradient"):
+        KLConfig(placement="loss", estimator="k1")
+    assert KLConfig(placement="loss", estimator="k3").estimator == "k3"
+    assert KLConfig(placement="reward", estimator="k1").estimator == "k1"
 
 
 # ----------------------------------------------------------------------------- explained var

@@ -127,18 +127,19 @@ def test_kl_hand_values_and_clamp():
 @pytest.mark.parametrize("placement", ["reward", "loss", "none"])
 def test_kl_placement_is_one_setting(placement):
     batch = make_batch()
-    cfg = ShapingConfig(kl=KLConfig(placement=placement, estimator="k1"))
+    # k2 (k1 is refused with placement loss: as a loss it has zero expected gradient)
+    cfg = ShapingConfig(kl=KLConfig(placement=placement, estimator="k2"))
     r, kl = shape_rewards(torch.tensor([1.0, 2.0, 3.0]), batch, cfg, kl_coef=0.1)
     placed, _ = shape_rewards(torch.tensor([1.0, 2.0, 3.0]), batch, no_kl(), kl_coef=0.1)
     m = batch.action_mask
-    k1 = torch.where(m, batch.logprobs - batch.ref_logprobs, 0.0)
-    assert torch.allclose(kl, k1)  # KL is returned for the store and the loss whatever the placement
+    k2 = torch.where(m, 0.5 * (batch.logprobs - batch.ref_logprobs) ** 2, 0.0)
+    assert torch.allclose(kl, k2)  # KL is returned for the store and the loss whatever the placement
     if placement == "reward":
-        assert torch.allclose(r, placed - 0.1 * k1)
+        assert torch.allclose(r, placed - 0.1 * k2)
     else:
         assert torch.equal(r, placed)
     assert (r[~m] == 0).all()
-    assert torch.allclose(sequence_kl(kl, m), k1.sum(1))
+    assert torch.allclose(sequence_kl(kl, m), k2.sum(1))
 
 
 def test_shape_rewards_checks_scores():

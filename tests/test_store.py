@@ -430,6 +430,9 @@ def test_prefect_tasks_end_to_end_paths_in_paths_out(tmp_path):
         adv = compute_advantages.fn(
             str(batch_dir), scores_path, {"estimator": "gae", "lam": 0.95}, {}, kl_coef=0.1, device="cpu"
         )
+        from tasks.advantages import advantages_meta
+
+        assert advantages_meta(adv["path"]) == {"estimator": "gae", "needs_critic": "true"}
         info = store_iteration.fn(str(tmp_path), "r", 0, str(batch_dir), scores_path, adv["path"])
         lp_path = tmp_path / "train_lp.safetensors"
         from safetensors.torch import save_file
@@ -449,6 +452,8 @@ def test_prefect_tasks_end_to_end_paths_in_paths_out(tmp_path):
             )
     from tasks.advantages import load_advantages
 
+    # the estimator rides in the file's header: the trainer fits no critic for RLOO
+    assert advantages_meta(rloo["path"]) == {"estimator": "rloo", "needs_critic": "false"}
     a = load_advantages(rloo["path"])["advantages"]
     # group 0 scores 1, 0 -> RLOO 1 - 0 = 1 and 0 - 1 = -1 on every action token; row 2 alone -> 0.
     m = batch.action_mask

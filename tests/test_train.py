@@ -569,3 +569,24 @@ def test_micro_batches_stop_on_target_kl_like_the_whole_minibatch():
             assert all(
                 torch.equal(p, q) for p, q in zip(base.parameters(), runs[1].parameters(), strict=True)
             )
+
+
+def test_critic_free_estimators_leave_the_value_function_and_a_zero_advantage_policy_alone():
+    """GRPO with every sample scoring the same: advantages 0, so the policy must not move; the
+    value loss against GRPO's returns (= advantages) must not move it through the shared trunk
+    either, nor train the value head, nor warm up a critic that is not used."""
+    base = tiny_model(7)
+    batch = synthetic_batch(base, B=6, seed=8)
+    zero = torch.zeros(batch.action_mask.shape)
+    ret = torch.where(batch.action_mask, 1.0, 0.0)  # a target the value head is far from (V = 0)
+    cfg = PPOConfig(epochs=2, minibatches=2, critic_warmup_iterations=1)
+    free = copy.deepcopy(base)
+    m, _ = ppo_update(free, build_optimizer(free, cfg), batch, zero, ret, cfg, train_critic=False)
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), free.parameters(), strict=True))
+    assert m["actor/critic_warmup"] == 0.0 and m["actor/update_steps"] == 4
+    # the same update fitting the critic moves the shared trunk: what train_critic=False prevents
+    fitted = copy.deepcopy(base)
+    ppo_update(fitted, build_optimizer(fitted, cfg), batch, zero, ret, cfg, iteration=1)
+    assert any(
+        not torch.equal(p, q) for p, q in zip(base.actor.parameters(), fitted.actor.parameters(), strict=True)
+    )
