@@ -156,27 +156,34 @@ class Registration:
         return asdict(self)
 
 
-def _score(tags: dict) -> float | None:
+def _score(tags: dict, key: str = SCORE_TAG) -> float | None:
     try:
-        v = float(tags[SCORE_TAG])
-    except (KeyError, TypeError, ValueError):
+        v = float(tags[key])
+    except (KeyError, TypeError, ValueError):  # absent, or "None" (there was no champion)
         return None
     return v if math.isfinite(v) else None
 
 
 def update_aliases(client, name: str, version: int, eval_score: float) -> tuple[bool, int, float | None]:
     """`candidate` -> version; `champion` -> version iff it is the first or beats the champion.
-    Returns (promoted, champion version, previous champion score)."""
+    Returns (promoted, champion version, previous champion score).
+
+    Idempotent: a retry for a version that is already champion (the first attempt promoted
+    it) changes nothing and answers as the first attempt did. Its `champion_eval_score` tag,
+    the audit record of the score it beat, is not rewritten: the champion is now the version
+    itself, and its own score there would read as a promotion on a tie, which `>` forbids."""
     client.set_registered_model_alias(name, CANDIDATE, str(version))
     client.set_model_version_tag(name, str(version), SCORE_TAG, repr(float(eval_score)))
     try:
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # no champion yet (RESOURCE_DOES_NOT_EXIST)
         champ = None
+    if champ is not None and int(champ.version) == int(version):
+        # The tag was written before the alias moved (below), so a champion always has it.
+        client.set_model_version_tag(name, str(version), "promoted", "true")
+        return True, int(version), _score(champ.tags, CHAMPION_SCORE_TAG)
     champ_score = _score(champ.tags) if champ is not None else None
     client.set_model_version_tag(name, str(version), CHAMPION_SCORE_TAG, repr(champ_score))
-    if champ is not None and int(champ.version) == int(version):
-        return True, int(version), champ_score
     promoted = (
         champ is None or champ_score is None or (math.isfinite(eval_score) and eval_score > champ_score)
     )

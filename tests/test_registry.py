@@ -99,6 +99,9 @@ def test_champion_moves_only_on_improvement(data_dir, policy_dir, tmp_path, monk
     # A retried registration of the same source adds no version.
     again = log_and_register(policy_dir, "p", eval_score=0.7, data_dir=data_dir, source="r:3")
     assert again.version == 4
+    # ...and reports, and keeps in its audit tag, the champion it beat (v1's 0.5), not itself.
+    assert again.promoted and again.champion_score == 0.5
+    assert float(client.get_model_version("p", "4").tags["champion_eval_score"]) == 0.5
     rows = list_versions("p", data_dir=data_dir)
     assert [r["version"] for r in rows] == [4, 3, 2, 1]
     assert rows[0]["aliases"] == ["candidate", "champion"] and rows[2]["aliases"] == []
@@ -111,6 +114,34 @@ def test_champion_moves_only_on_improvement(data_dir, policy_dir, tmp_path, monk
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert not (tmp_path / "mlruns").exists()
     assert list((data_dir.mlflow_artifacts / "models").iterdir())  # the logged models live here
+
+
+def test_retried_alias_update_keeps_the_previous_champion_score(data_dir):
+    """A retry of `update_aliases` for the version that is already champion (the first
+    attempt promoted it, then the task failed later) must leave `champion_eval_score` at the
+    score it beat: rewriting it with its own score would read as a promotion on a tie, which
+    the strict `>` rule forbids. Versions are made directly (no model logging: fast)."""
+    from mlflow import MlflowClient
+
+    from gae.registry import update_aliases
+
+    uri = f"sqlite:///{data_dir.mlflow_db}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=(data_dir.root / "no-model").as_uri())
+    assert update_aliases(client, "m", 1, 0.3) == (True, 1, None)  # the first is champion
+    assert update_aliases(client, "m", 1, 0.3) == (True, 1, None)  # its retry: there was still none
+    assert client.get_model_version("m", "1").tags["champion_eval_score"] == "None"
+    assert update_aliases(client, "m", 2, 0.5) == (True, 2, 0.3)  # 0.5 > 0.3: promoted
+    assert update_aliases(client, "m", 2, 0.5) == (True, 2, 0.3)  # its retry: same answer
+    tags = client.get_model_version("m", "2").tags
+    assert (float(tags["eval_score"]), float(tags["champion_eval_score"]), tags["promoted"]) == (
+        0.5,
+        0.3,
+        "true",
+    )
+    assert int(client.get_model_version_by_alias("m", "champion").version) == 2
 
 
 def test_register_under_the_pipeline_run_keeps_it_running(data_dir, policy_dir):
