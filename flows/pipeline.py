@@ -183,19 +183,10 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     run,
                     0,
                     {"eval/reward_baseline": ev["reward_mean"]},
-                    [],
+                    ev["samples"],
                     cfg["registry"]["experiment"],
+                    label="baseline",
                 )
-                # The samples get their own table: iteration 0's post-update samples are
-                # `generations/iter-00000.json`, and the two must not share a file.
-                from gae.tracking import Tracker
-
-                Tracker.start(
-                    data_dir,
-                    run_id=run["run_id"],
-                    experiment=cfg["registry"]["experiment"],
-                    mlflow_run_id=run["mlflow_run_id"],
-                ).log_generations(ev["samples"], iteration=0, name="baseline")
             for it in range(run["start_iteration"], config.iterations):
                 out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef)
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]

@@ -193,9 +193,14 @@ def log_iteration(
     timings: dict | None = None,
     n_tokens: int = 0,
     batch_dir: str | None = None,
+    label: str | None = None,
 ) -> str:
     """Metrics and sample generations to MLflow (step = iteration), and Prefect artifacts:
     a markdown summary linking the MLflow run, and a table of sample generations.
+
+    label: "baseline" for the pretrained policy's evaluation before iteration 0: its samples
+    get their own MLflow table (`generations/baseline.json`) and Prefect artifact keys, apart
+    from iteration 0's after its update.
 
     timings: wall seconds per stage (`rollout`, `reward`, `adv`, `store`, `update`, `eval`,
     `step`); they become `timing_s/*` and `perf/throughput` (stored tokens per second). The
@@ -221,7 +226,7 @@ def log_iteration(
     )
     tracker.log_metrics(metrics, step=iteration)
     if samples:
-        tracker.log_generations(samples, iteration=iteration)
+        tracker.log_generations(samples, iteration=iteration, name=label)
     uri = tracking_uri(data_dir)
     link = f"MLflow run `{run['mlflow_run_id']}` (tracking URI `{uri}`; open with `mlflow ui --backend-store-uri {uri}`)"
     keys = [
@@ -237,17 +242,18 @@ def log_iteration(
         "timing_s/step",
     ]
     rows = "\n".join(f"| `{k}` | {metrics[k]:.4g} |" for k in keys if isinstance(metrics.get(k), int | float))
-    key = f"{run['run_id']}-it{iteration}".lower().replace("_", "-")[:100]
+    key = f"{run['run_id']}-{label or f'it{iteration}'}".lower().replace("_", "-")[:100]
     create_markdown_artifact(
         key=f"summary-{key}"[:100],
-        markdown=f"## {run['run_id']} iteration {iteration}\n\n| metric | value |\n|---|---|\n{rows}\n\n{link}\n",
-        description=f"iteration {iteration} of {run['run_id']}",
+        markdown=f"## {run['run_id']} {label or f'iteration {iteration}'}\n\n| metric | value |\n|---|---|\n"
+        f"{rows}\n\n{link}\n",
+        description=f"{label or f'iteration {iteration}'} of {run['run_id']}",
     )
     if samples:
         create_table_artifact(
             key=f"generations-{key}"[:100],
             table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for s in samples],
-            description=f"sample generations, iteration {iteration}",
+            description=f"sample generations, {label or f'iteration {iteration}'}",
         )
     return run["mlflow_run_id"]
 

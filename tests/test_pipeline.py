@@ -93,6 +93,11 @@ def test_smoke_pipeline_end_to_end(prefect_api, tmp_path):
         "timing_s/step",
         "perf/throughput",
     } <= set(run.data.metrics)
+    # the pretrained policy's samples and each iteration's have tables of their own
+    tables = {a.path for a in client.list_artifacts(run.info.run_id, "generations")}
+    assert tables == {"generations/baseline.json"} | {
+        f"generations/iter-{i:05d}.json" for i in range(cfg.iterations)
+    }
     mv = client.get_model_version_by_alias(cfg.registry.model_name, "champion")
     assert str(mv.version) == str(result["registered"]["version"])
 
