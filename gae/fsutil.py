@@ -3,6 +3,10 @@
 Write under a temporary name in the same directory (same filesystem), fsync, then
 `os.replace`, which is atomic on POSIX. A crash leaves at most a `.tmp-*` file that no
 reader's glob matches (readers glob `*.parquet`, `*.json`, `*.safetensors`).
+
+Permissions: `mkstemp` creates files 0600 and `mkdtemp` directories 0700, and the rename
+keeps the mode, so the temporary is given what a plain `open()` / `mkdir` would create
+(0666 / 0777 less the process umask: 0644 / 0755 under the usual 022) before the swap.
 """
 
 from __future__ import annotations
@@ -12,8 +16,33 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+_PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    `os.umask` can only be read by setting it, and a file another thread creates in that
+    moment gets the wrong mode: Linux reports it in /proc/self/status ("Umask:", kernel
+    4.7+); elsewhere the set-and-restore runs under a lock, which keeps this module's own
+    callers out of that moment, and sets 022 meanwhile (never 0: no world-writable files).
+    """
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -26,6 +55,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # After the caller's write, so the mode holds however the caller wrote the file.
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -57,6 +88,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         old = None
         if path.exists():
             old = path.with_name(f".old-{path.name}.{os.getpid()}")
