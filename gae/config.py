@@ -150,6 +150,8 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 f"advantages.estimator={self.advantages.estimator.value} needs advantages.horizon"
             )
+        if self.advantages.estimator.value == "power" and self.advantages.p is None:
+            raise ValueError("advantages.estimator=power needs advantages.p (the exponent of w_k ∝ k^-p)")
         return self
 
 

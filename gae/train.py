@@ -279,6 +279,7 @@ def ppo_update(
                 train_logprobs[idx] = lp.float()
     metrics["timing_s/old_log_prob"] = time.perf_counter() - t0
 
+    scored = torch.zeros(B, dtype=torch.bool, device=device)  # rows with train_logprobs
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     steps = skipped = 0
@@ -309,6 +310,7 @@ def ppo_update(
                 logp, values, entropy = logp.float(), values.float(), entropy.float()
                 if epoch == 0 and not cfg.score_before_update:
                     train_logprobs[mi] = logp.detach().float()
+                    scored[mi] = True
                 pg, pg_m = policy_loss(
                     logp,
                     old_logprobs[mi],
@@ -379,6 +381,15 @@ def ppo_update(
                 counts[key] += 1
         if stopped:
             break
+    if not cfg.score_before_update and not bool(scored.all()):
+        # an early stop left rows of the first epoch unvisited: score them now (no grad), so the
+        # store's train_logprob is the trainer's view, not a 0.0 that reads as probability 1
+        with torch.no_grad():
+            rest = (~scored).nonzero().squeeze(1)
+            for mi in rest.split(cfg.micro_batch_rows or max(1, len(rest))):
+                with autocast(device, bf16=cfg.bf16):
+                    lp, _, _ = _score(score_fn, model, batch, mi, compute_entropy=False)
+                train_logprobs[mi] = lp.float()
     t_done = time.perf_counter()
     model.train(was_training)
 

@@ -109,3 +109,21 @@ def test_config_prints_commented_yaml_that_run_reads_back(tmp_path):
     assert json.loads(js.output) == yaml.safe_load(res.output) == want.model_dump(mode="json")
     bad = CliRunner().invoke(app, ["config", "--set", "ppo.epochs=0"])
     assert bad.exit_code != 0 and "ppo.epochs" in str(bad.exception)
+
+
+def test_estimator_settings_are_checked_before_a_run():
+    """Estimator settings a run would fail on after its rollouts are refused by the config."""
+    import pytest
+
+    from gae.config import load_config
+
+    with pytest.raises(ValueError, match="needs advantages.horizon"):
+        load_config(overrides=["advantages.estimator=uniform"])
+    with pytest.raises(ValueError, match="needs advantages.p"):
+        load_config(overrides=["advantages.estimator=power", "advantages.horizon=8"])
+    with pytest.raises(ValueError, match="rollout.n_samples >= 2"):
+        load_config(overrides=["advantages.estimator=grpo", "rollout.n_samples=1"])
+    with pytest.raises(ValueError, match="zero expected gradient"):
+        load_config(overrides=["shaping.kl.placement=loss"])
+    cfg = load_config(overrides=["advantages.estimator=power", "advantages.horizon=8", "advantages.p=1.5"])
+    assert cfg.advantages.p == 1.5

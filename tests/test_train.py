@@ -590,3 +590,18 @@ def test_critic_free_estimators_leave_the_value_function_and_a_zero_advantage_po
     assert any(
         not torch.equal(p, q) for p, q in zip(base.actor.parameters(), fitted.actor.parameters(), strict=True)
     )
+
+
+def test_early_stop_without_a_prepass_still_scores_every_row():
+    """score_before_update=False takes train_logprobs from the first epoch's minibatches; when
+    the target KL stops the update after one step, the rows never visited are scored after the
+    stop, not left at 0.0 (which the store would show as probability 1)."""
+    model = tiny_model(9)
+    batch = synthetic_batch(model, B=8, seed=10)
+    _, _, adv, ret = advantages_of(batch)
+    cfg = PPOConfig(epochs=1, minibatches=4, actor_lr=0.5, target_kl=1e-6, score_before_update=False)
+    m, lp = ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg)
+    assert m["actor/early_stopped"] == 1.0 and m["actor/update_steps"] == 1
+    mask = batch.action_mask
+    assert bool((lp[mask] < 0).all()), lp  # every action token has a real log-probability
+    assert bool((lp[~mask] == 0).all())
