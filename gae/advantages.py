@@ -285,7 +285,7 @@ def tail_weights(
     """`W_l = sum_{k > l} w_k` for l = 0..horizon-1 (float64), the kernel of the k-step mix.
 
     uniform: `w_k = 1/H` (k <= H); power: `w_k = k^-p / sum_{j<=H} j^-p`;
-    exponential truncated at H: `w_k = (1-lam) lam^(k-1) / (1 - lam^H)`.
+    exponential truncated at H: `w_k = (1-lam) lam^(k-1) / (1 - lam^H)`, and 1/H at lam = 1 (its limit).
     """
     H = horizon
     k = torch.arange(1, H + 1, dtype=torch.float64)
@@ -294,9 +294,13 @@ def tail_weights(
     elif weighting == "power":
         w = k.pow(-float(p))
         w = w / w.sum()
+    elif weighting == "exponential" and lam >= 1.0:
+        # the limit of the renormalised truncated weights as lam -> 1 is uniform over H (not the
+        # H-step return, which lam = 1 exactly would give without renormalising)
+        w = torch.full((H,), 1.0 / H, dtype=torch.float64)
     elif weighting == "exponential":
         w = (1 - lam) * torch.tensor(lam, dtype=torch.float64).pow(k - 1)
-        w = w / w.sum() if w.sum() > 0 else torch.nn.functional.one_hot(torch.tensor(H - 1), H).double()
+        w = w / w.sum()
     else:  # pragma: no cover - guarded by the caller
         raise AdvantageInputError(f"unknown weighting {weighting!r}")
     # W_l = sum_{k > l} w_k = sum_{k >= l+1} w_k: reverse cumulative sum.

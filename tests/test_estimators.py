@@ -88,6 +88,15 @@ def test_tail_weights_are_tail_sums_of_a_convex_combination():
     assert tail_weights("uniform", 4).tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25])
 
 
+def test_truncated_exponential_is_continuous_at_lam_1():
+    # w_k = (1 - lam) lam^(k-1) / (1 - lam^H) -> 1/H as lam -> 1: the tail sums of the uniform
+    # mix, [1, .75, .5, .25] at H = 4, at lam = 1 and just below it (not the 4-step return's [1, 1, 1, 1])
+    assert tail_weights("exponential", 4, lam=1.0).tolist() == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert tail_weights("exponential", 4, lam=0.999999).tolist() == pytest.approx(
+        [1.0, 0.75, 0.5, 0.25], abs=1e-5
+    )
+
+
 def test_weighted_validation():
     r, v, m, _ = random_batch(2, 5, seed=0)
     with pytest.raises(ValueError, match="horizon must be an integer >= 1"):
