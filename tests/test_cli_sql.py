@@ -95,6 +95,47 @@ def test_sql_write_refused_and_nothing_changed(data_dir):
     assert json.loads(out.output) == [{"n": 2}]
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "copy (select 1 as x) to '{db}' (format csv)",  # would overwrite the database file
+        "explain analyze copy (select 1 as x) to '{db}' (format csv)",  # EXPLAIN ANALYZE runs it
+        "select 1; copy (select 1 as x) to '{db}' (format csv)",
+        "export database '{dir}/exported'",
+        "attach '{dir}/other.duckdb' as o",
+        "install httpfs",
+        "load json",
+        "pragma enable_profiling",
+        "set threads = 1",
+        "call pragma_version()",
+        "create temp table t as select 1",
+    ],
+)
+def test_sql_refuses_statements_that_write_files_or_change_the_session(data_dir, tmp_path, statement):
+    db = data_dir / "gae.duckdb"
+    before = db.read_bytes()
+    q = statement.format(db=db, dir=tmp_path)
+    res = runner.invoke(app, ["sql", q, "--data-dir", str(data_dir)])
+    assert res.exit_code != 0 and "runs queries only" in str(res.exception), (q, res.output)
+    assert db.read_bytes() == before and not list(tmp_path.iterdir())
+
+
+def test_sql_allows_every_kind_of_query(data_dir):
+    for q in (
+        "select count(*) from documents",
+        "with d as (select * from documents) select count(*) from d",
+        "from documents select count(*)",
+        "describe documents",
+        "show tables",
+        "summarize documents",
+        "explain select count(*) from documents",
+        "explain analyze select count(*) from documents",
+        "values (1), (2)",
+    ):
+        res = runner.invoke(app, ["sql", q, "--data-dir", str(data_dir), "-f", "csv"])
+        assert res.exit_code == 0, (q, res.output, res.exception)
+
+
 def test_ingest_missing_path_exits_nonzero(tmp_path):
     res = gae("ingest", str(tmp_path / "nope.jsonl"), "--data-dir", str(tmp_path / "d"))
     assert res.returncode == 1 and "no such file or directory" in res.stderr and "Traceback" not in res.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def register(app: typer.Typer) -> None:
 
         con = connect(data_dir, read_only=True, views=False)
         try:
+            check_query_only(con, query)
             rel = _with_views(con, data_dir, lambda: con.sql(query))
             _print(rel, fmt, max_rows)
         finally:
@@ -86,6 +88,40 @@ def register(app: typer.Typer) -> None:
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+_EXPLAIN = re.compile(r"^\s*explain\b(\s+analy[sz]e\b)?(\s*\([^)]*\))?", re.IGNORECASE)
+
+
+def check_query_only(con, query: str) -> None:
+    """Refuse anything but queries before running it. A read-only connection stops writes to
+    the database, not statements that write files or change the session: `COPY ... TO` could
+    overwrite gae.duckdb or the Parquet store, `EXPORT DATABASE` writes a folder, `INSTALL`
+    downloads, `ATTACH` opens other files. So each statement must be a query (SELECT, WITH,
+    FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE) or an EXPLAIN of one (EXPLAIN ANALYZE runs it)."""
+    import duckdb
+
+    try:
+        statements = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise _clear(exc) from None
+    for i, st in enumerate(statements, 1):
+        kind = st.type
+        if kind == duckdb.StatementType.EXPLAIN:
+            inner = _EXPLAIN.sub("", st.query, count=1)
+            try:
+                kinds = [x.type for x in con.extract_statements(inner)]
+            except duckdb.Error:
+                kinds = [None]
+            ok = bool(kinds) and all(k == duckdb.StatementType.SELECT for k in kinds)
+        else:
+            ok = kind == duckdb.StatementType.SELECT
+        if not ok:
+            where = f"statement {i} " if len(statements) > 1 else ""
+            raise RuntimeError(
+                f"gae sql is read-only and runs queries only (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, "
+                f"EXPLAIN of those): {where}is {kind.name}, refused before running; nothing was changed"
+            )
 
 
 def _with_views(con, data_dir, fn):
