@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 def resolve_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
     """Files to read (sorted, unique) and unsupported files skipped inside folders or globs.
 
+    A path that exists is taken literally, even when its name holds `*`, `?` or `[` (a folder
+    `data [2024]`); only a path that does not exist is tried as a glob.
+
     A path that does not exist, a glob matching nothing, or a named file of an unsupported
     type is an error; nothing readable at all is an error too.
     """
@@ -31,17 +34,8 @@ def resolve_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Pat
     skipped: list[Path] = []
     for raw in paths:
         s = str(raw)
-        if any(c in s for c in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(s), recursive=True))]
-            if not matches:
-                raise FileNotFoundError(f"no file matches {s}")
-            candidates = [m for m in matches if m.is_file()] + [
-                f for m in matches if m.is_dir() for f in sorted(m.rglob("*")) if f.is_file()
-            ]
-        else:
-            p = Path(s).expanduser()
-            if not p.exists():
-                raise FileNotFoundError(f"no such file or directory: {s}")
+        p = Path(s).expanduser()
+        if p.exists():
             if p.is_file():
                 if file_format(p) is None:
                     raise ValueError(
@@ -50,6 +44,15 @@ def resolve_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Pat
                 files.append(p.resolve())
                 continue
             candidates = sorted(f for f in p.rglob("*") if f.is_file())
+        elif any(c in s for c in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(s), recursive=True))]
+            if not matches:
+                raise FileNotFoundError(f"no file matches {s}")
+            candidates = [m for m in matches if m.is_file()] + [
+                f for m in matches if m.is_dir() for f in sorted(m.rglob("*")) if f.is_file()
+            ]
+        else:
+            raise FileNotFoundError(f"no such file or directory: {s}")
         for f in candidates:
             if any(part.startswith(".") for part in f.parts[-1:]):
                 continue  # hidden files (.DS_Store, editor swap files) are not corpus
