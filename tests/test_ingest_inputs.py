@@ -1,4 +1,5 @@
-"""Inputs as users name them: paths whose name holds glob characters. Runtime ~1 s."""
+"""Inputs as users name them: paths whose name holds glob characters, and hidden folders inside a
+folder. Runtime ~1 s."""
 
 from __future__ import annotations
 
@@ -20,3 +21,22 @@ def test_existing_path_with_glob_characters_is_taken_literally(tmp_path):
     (tmp_path / "g" / "2.txt").write_text("w")
     files, _ = resolve_inputs([str(tmp_path / "g" / "[0-9].txt")])
     assert files == [(tmp_path / "g" / "2.txt").resolve()]
+
+
+def test_files_in_hidden_folders_are_skipped_unless_named(tmp_path):
+    root = tmp_path / "repo"
+    for rel in ["a.txt", ".venv/lib/b.txt", ".pytest_cache/v/c.md", "sub/.git/d.txt", "sub/e.txt", ".f.txt"]:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("text")
+    files, skipped = resolve_inputs([root])
+    assert files == [(root / "a.txt").resolve(), (root / "sub" / "e.txt").resolve()] and skipped == []
+    # a hidden folder named by the user is read (its own hidden parts still are not)
+    files, _ = resolve_inputs([root / ".venv"])
+    assert files == [(root / ".venv" / "lib" / "b.txt").resolve()]
+    # the folder given may itself sit under a hidden folder: only the parts below it count
+    files, _ = resolve_inputs([root / ".venv" / "lib"])
+    assert files == [(root / ".venv" / "lib" / "b.txt").resolve()]
+    # a glob: hidden parts below the fixed part of the pattern are skipped like a folder's
+    files, _ = resolve_inputs([str(root / "**" / "*.txt")])
+    assert files == [(root / "a.txt").resolve(), (root / "sub" / "e.txt").resolve()]

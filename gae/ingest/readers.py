@@ -25,7 +25,9 @@ def resolve_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Pat
     """Files to read (sorted, unique) and unsupported files skipped inside folders or globs.
 
     A path that exists is taken literally, even when its name holds `*`, `?` or `[` (a folder
-    `data [2024]`); only a path that does not exist is tried as a glob.
+    `data [2024]`); only a path that does not exist is tried as a glob. Inside a folder (or a
+    folder a glob matched), files with a hidden part below it (`.venv/`, `.git/`, `.DS_Store`) are
+    not corpus; a hidden file or folder named by the user is read.
 
     A path that does not exist, a glob matching nothing, or a named file of an unsupported
     type is an error; nothing readable at all is an error too.
@@ -43,19 +45,18 @@ def resolve_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Pat
                     )
                 files.append(p.resolve())
                 continue
-            candidates = sorted(f for f in p.rglob("*") if f.is_file())
+            candidates = _folder_files(p)
         elif any(c in s for c in "*?["):
+            # glob's own default skips hidden names the pattern does not spell out
             matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(s), recursive=True))]
             if not matches:
                 raise FileNotFoundError(f"no file matches {s}")
             candidates = [m for m in matches if m.is_file()] + [
-                f for m in matches if m.is_dir() for f in sorted(m.rglob("*")) if f.is_file()
+                f for m in matches if m.is_dir() for f in _folder_files(m)
             ]
         else:
             raise FileNotFoundError(f"no such file or directory: {s}")
         for f in candidates:
-            if any(part.startswith(".") for part in f.parts[-1:]):
-                continue  # hidden files (.DS_Store, editor swap files) are not corpus
             (files if file_format(f) else skipped).append(f.resolve())
     files = list(dict.fromkeys(files))
     if not files:
@@ -63,6 +64,16 @@ def resolve_inputs(paths: list[str | os.PathLike]) -> tuple[list[Path], list[Pat
             f"nothing readable in {', '.join(map(str, paths))}: no {', '.join(sorted(FORMATS))} (or .gz) files"
         )
     return files, skipped
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Files under a folder, sorted, leaving out any with a hidden part below the folder: a hidden
+    file (.DS_Store, editor swap files) or one inside a hidden folder (.venv, .git, .pytest_cache)."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # not descended into at all
+        out += [Path(root, n) for n in names if not n.startswith(".")]
+    return sorted(f for f in out if f.is_file())
 
 
 def file_format(path: Path) -> str | None:
