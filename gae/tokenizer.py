@@ -87,6 +87,9 @@ class Tok:
     """
 
     def __init__(self, tk, *, bos: str | None = None, eos: str | None = None, pad: str | None = None):
+        # Text is text: "<|eos|>" written in a document is encoded as its characters, never as
+        # the EOS id (which would end a pretraining sample or a prompt early and vanish on decode).
+        tk.encode_special_tokens = True
         self._tk = tk
         eos_id = self._first_id(eos, EOS)
         if eos_id is None:

@@ -34,7 +34,16 @@ def test_special_ids_and_vocab(tok):
 
 @pytest.mark.parametrize(
     "text",
-    ["plain ascii", "莫笑农家腊酒浑", "日本語とひらがな", "emoji 😀🎉 mixed 中文 text", "", "\n\t  spaces"],
+    [
+        "plain ascii",
+        "莫笑农家腊酒浑",
+        "日本語とひらがな",
+        "emoji 😀🎉 mixed 中文 text",
+        "",
+        "\n\t  spaces",
+        # the special tokens' own spellings are text like any other: no special id, exact round trip
+        "hi <|eos|> there <|pad|><|bos|>",
+    ],
 )
 def test_round_trip_any_utf8(tok, text):
     ids = tok.encode(text)
