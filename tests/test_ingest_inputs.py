@@ -1,9 +1,26 @@
-"""Inputs as users name them: paths whose name holds glob characters, and hidden folders inside a
-folder. Runtime ~1 s."""
+"""Inputs as users name them: folders whose name holds a space, CJK or glob characters, and hidden
+folders inside a folder. Runtime ~2 s."""
 
 from __future__ import annotations
 
-from gae.ingest import resolve_inputs
+import pytest
+
+from gae.ingest import IngestConfig, ingest, resolve_inputs
+
+
+@pytest.mark.parametrize("folder", ["my docs", "中文", "100% sure"])
+def test_small_text_files_in_a_folder_whose_name_needs_quoting(tmp_path, folder):
+    # Small text files share one transaction; their sizes were read back from percent-encoded URIs
+    # (file:///.../my%20docs/a.txt), which name no file, after the commit.
+    d = tmp_path / folder
+    d.mkdir()
+    (d / "a.txt").write_text("The first small document. It has two sentences.\n")
+    (d / "b.txt").write_text("The second small document, a little longer. Two sentences here too.\n")
+    s = ingest([d], data_dir=tmp_path / "data", options=IngestConfig(make_prompts=False))
+    assert (s.files, s.inserted) == (2, 2)
+    # sizes by hand: 48 and 68 bytes (ASCII, one newline each)
+    assert sorted(fs.bytes for fs in s.sources) == [48, 68]
+    assert all(fs.source.startswith("file://") for fs in s.sources)
 
 
 def test_existing_path_with_glob_characters_is_taken_literally(tmp_path):

@@ -81,23 +81,25 @@ __all__ = [
 ]
 
 
-def _units(con, files: list[Path], cfg: IngestConfig) -> Iterator[tuple[list[tuple[str, str]], object]]:
-    """Transactions: ([(uri, format)], chunk factory). Each file is all-or-nothing; consecutive small
-    text files share one transaction (still all-or-nothing each), because the fixed cost of the
-    pipeline's statements (~0.1 s) would dominate a folder of thousands of small files."""
-    batch: list[Path] = []
+def _units(con, files: list[Path], cfg: IngestConfig) -> Iterator[tuple[list[tuple[str, str, int]], object]]:
+    """Transactions: ([(uri, format, bytes)], chunk factory). Each file is all-or-nothing; consecutive
+    small text files share one transaction (still all-or-nothing each), because the fixed cost of the
+    pipeline's statements (~0.1 s) would dominate a folder of thousands of small files. The size goes
+    with the uri: a uri is percent-encoded (`my%20docs`) and is not parsed back into a path."""
+    batch: list[tuple[Path, int]] = []
     size = 0
 
     def flush():
-        srcs = [(p.as_uri(), "text") for p in batch]
-        return srcs, (lambda ps=list(batch): _text_batch(ps, cfg))
+        srcs = [(p.as_uri(), "text", n) for p, n in batch]
+        return srcs, (lambda ps=[p for p, _ in batch]: _text_batch(ps, cfg))
 
     for p in files:
         fmt = file_format(p)
-        small = fmt == "text" and p.stat().st_size < cfg.chunk_bytes // 16
+        n = p.stat().st_size
+        small = fmt == "text" and n < cfg.chunk_bytes // 16
         if small:
-            batch.append(p)
-            size += p.stat().st_size
+            batch.append((p, n))
+            size += n
             if size >= cfg.chunk_bytes // 4 or len(batch) >= 2000:
                 yield flush()
                 batch, size = [], 0
@@ -105,18 +107,18 @@ def _units(con, files: list[Path], cfg: IngestConfig) -> Iterator[tuple[list[tup
         if batch:
             yield flush()
             batch, size = [], 0
-        yield [(p.as_uri(), fmt)], (lambda p=p: _chunks(con, p, cfg))
+        yield [(p.as_uri(), fmt, n)], (lambda p=p: _chunks(con, p, cfg))
     if batch:
         yield flush()
 
 
-def _default_unit() -> tuple[list[tuple[str, str]], object]:
+def _default_unit() -> tuple[list[tuple[str, str, int]], object]:
     tbl = default_corpus()
     if tbl.num_rows == 0:  # an interpreter installed without its .py sources and pydoc_data
         raise FileNotFoundError(
             "this Python ships no standard-library sources or help topics: pass corpus paths"
         )
-    srcs = [(u, "text") for u in dict.fromkeys(tbl["source"].to_pylist())]
+    srcs = [(u, "text", 0) for u in dict.fromkeys(tbl["source"].to_pylist())]
     return srcs, (lambda: iter([(tbl, sum(len(x.encode()) for x in tbl["body"].to_pylist()))]))
 
 
@@ -161,7 +163,7 @@ def ingest(
         by_reason: dict[str, int] = {}
         units = _units(con, files, cfg) if paths is not None else iter([_default_unit()])
         for srcs, make_chunks in units:
-            per_file = {uri: FileSummary(source=uri, format=fmt) for uri, fmt in srcs}
+            per_file = {uri: FileSummary(source=uri, format=fmt) for uri, fmt, _ in srcs}
             unit_reasons: dict[str, int] = {}
             prompts = 0
             con.execute("begin transaction")
@@ -187,10 +189,8 @@ def ingest(
                     ) from exc
                 raise
             if len(per_file) > 1:
-                for uri, fs in per_file.items():
-                    fs.bytes = (
-                        Path(uri.removeprefix("file://")).stat().st_size if uri.startswith("file://") else 0
-                    )
+                for uri, _, nbytes in srcs:
+                    per_file[uri].bytes = nbytes
             summary.sources += per_file.values()
             summary.prompts += prompts
             for k, v in unit_reasons.items():
