@@ -182,13 +182,23 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. ppo.epochs=2")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
 
 
 def load_config(
-    *, preset: str = "default", path: str | Path | None = None, overrides: dict | list[str] | None = None
+    *,
+    preset: str = "default",
+    path: str | Path | None = None,
+    overrides: dict | list[str] | None = None,
+    values: dict | None = None,
 ) -> PipelineConfig:
-    """Preset, then the YAML file at `path`, then overrides (a dict, or `a.b=value` strings)."""
+    """Preset, then the YAML file at `path`, then overrides (a dict, or `a.b=value` strings whose
+    values are parsed as YAML), then `values`: top-level fields taken as they are (the CLI's typed
+    options: a run name "007" stays a string, a path with a quote stays that path)."""
     data = preset_dict(preset)
     if path is not None:
         p = Path(path)
@@ -204,6 +214,8 @@ def load_config(
             _set_path(data, k, v)
     elif overrides:
         data = _deep_update(data, {k: v for k, v in overrides.items() if v is not None})
+    if values:
+        data = _deep_update(data, {k: v for k, v in values.items() if v is not None})
     return PipelineConfig.model_validate(data)
 
 

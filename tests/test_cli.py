@@ -127,3 +127,24 @@ def test_estimator_settings_are_checked_before_a_run():
         load_config(overrides=["shaping.kl.placement=loss"])
     cfg = load_config(overrides=["advantages.estimator=power", "advantages.horizon=8", "advantages.p=1.5"])
     assert cfg.advantages.p == 1.5
+
+
+def test_run_options_are_taken_as_typed_and_bad_yaml_is_one_line(tmp_path):
+    """`gae run --run-name 007 --corpus "Bob's notes/"`: the options are values, not YAML (a run
+    name 007 or on stays a string, a quote in a path is kept); a --set that is not YAML is a
+    clear error naming it."""
+    import pytest
+
+    from gae.commands.run import option_values
+    from gae.config import load_config
+
+    for name in ("007", "on"):
+        vals = option_values(tmp_path / "2024", None, None, name, ["Bob's notes/", "a [1]"], True)
+        cfg = load_config(preset="smoke", values=vals)
+        assert cfg.run_name == name and cfg.corpus == ["Bob's notes/", "a [1]"]
+        assert cfg.data_dir == str(tmp_path / "2024") and cfg.resume is False
+    assert load_config(values=option_values(None, 3, "cpu", None, [], False)).iterations == 3
+    with pytest.raises(ValueError, match=r"--set 'corpus=\[a': the value is not valid YAML"):
+        load_config(overrides=["corpus=[a"])
+    res = CliRunner().invoke(app, ["config", "--set", "corpus=[a"])
+    assert res.exit_code != 0 and "not valid YAML" in str(res.exception)

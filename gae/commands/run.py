@@ -21,6 +21,19 @@ def prefect_env() -> None:
         os.environ.setdefault(k, v)
 
 
+def option_values(data_dir, iterations, device, run_name, corpus, no_resume) -> dict:
+    """`gae run`'s typed options as config values. They go in as they are, not through YAML
+    like `--set`: a run name "007" or "on" stays a string, a path with a quote stays that path."""
+    return {
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "iterations": iterations,
+        "device": device,
+        "run_name": run_name,
+        "corpus": list(corpus) or None,
+        "resume": False if no_resume else None,
+    }
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
@@ -50,20 +63,8 @@ def register(app: typer.Typer) -> None:
         prefect_env()
         from gae.config import load_config
 
-        overrides = list(set_)
-        for key, val in (
-            ("data_dir", data_dir),
-            ("iterations", iterations),
-            ("device", device),
-            ("run_name", run_name),
-        ):
-            if val is not None:
-                overrides.append(f"{key}={val}")
-        if corpus:
-            overrides.append(f"corpus={list(corpus)!r}".replace("'", '"'))
-        if no_resume:
-            overrides.append("resume=false")
-        cfg = load_config(preset=preset, path=config, overrides=overrides)
+        values = option_values(data_dir, iterations, device, run_name, corpus, no_resume)
+        cfg = load_config(preset=preset, path=config, overrides=list(set_), values=values)
 
         # Fail fast, before Prefect starts, when another run holds the data directory.
         from gae.lock import writer_lock
