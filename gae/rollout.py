@@ -63,7 +63,8 @@ def filter_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
     """(B, V) logits -> (B, V) float64 sampling probabilities (normalised) after temperature, top-k, then top-p.
 
     Top-p keeps the smallest prefix of tokens (by descending probability) whose mass reaches
-    `top_p` (Holtzman et al. 2020), always at least the most likely token.
+    `top_p` (Holtzman et al. 2020), always at least the most likely token (so top_p -> 0 is
+    greedy up to ties).
     """
     logits = logits.double() / temperature
     if top_k > 0 and top_k < logits.shape[-1]:
@@ -73,6 +74,9 @@ def filter_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
     if top_p < 1.0:
         sorted_p, idx = torch.sort(probs, -1, descending=True)
         drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # mass before this token already enough
+        # The first sorted token has 0 mass before it, which is ">= top_p" when top_p <= 0: keep it
+        # anyway, or a row loses every token (0/0 = NaN probabilities).
+        drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     return probs / probs.sum(-1, keepdim=True)

@@ -198,6 +198,35 @@ def test_filter_probs_hand_computed():
     assert sample_tokens(probs, torch.tensor([0.0, 0.5, 0.999])).tolist() == [0, 2, 2]
 
 
+def test_top_p_keeps_at_least_the_most_likely_token():
+    # sorted probabilities 0.5 (id 2), 0.3 (id 0), 0.2 (id 1); the mass before the first sorted
+    # token is 0, which is ">= top_p" when top_p = 0: without an exception for it every token
+    # is dropped and 0/0 = NaN (then inverse-CDF sampling returns the last id).
+    logits = torch.log(torch.tensor([[0.3, 0.2, 0.5], [0.5, 0.3, 0.2]]))
+    expected = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(filter_probs(logits, 1.0, 0, 0.0), expected)
+    # top_p = 0.5: the mass before the second sorted token is 0.5 >= 0.5, so only the first stays
+    torch.testing.assert_close(filter_probs(logits, 1.0, 0, 0.5), expected)
+    # top_p = 1e-9 after top-k 2: still the most likely token only
+    torch.testing.assert_close(filter_probs(logits, 0.7, 2, 1e-9), expected)
+    assert sample_tokens(filter_probs(logits, 1.0, 0, 0.0), torch.tensor([0.0, 0.999])).tolist() == [2, 0]
+
+
+def test_generate_cli_refuses_top_p_zero(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from gae.commands import models
+
+    app = typer.Typer()
+    models.register(app)  # `gae models` and `gae generate` only; the option is checked before any load
+    res = CliRunner().invoke(
+        app, ["generate", "hello", "--top-p", "0", "--data-dir", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 2, res.output
+    assert "top-p" in res.output and "> 0" in res.output
+
+
 def test_generate_text(models, tok):
     policy, _ = models
     texts = generate_text(policy, tok, ["the quick", "莫笑"], max_new_tokens=5, seed=3)

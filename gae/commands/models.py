@@ -15,6 +15,13 @@ DATA_DIR_HELP = (
 )
 
 
+def _positive(value: float) -> float:
+    # click's FloatRange(min_open=True) is not exposed by typer.Option; same as RolloutConfig.top_p (gt=0)
+    if value <= 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(
@@ -60,7 +67,9 @@ def register(app: typer.Typer) -> None:
         ),
         max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
         temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature (0: greedy)."),
-        top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Nucleus sampling mass (1: off)."),
+        top_p: float = typer.Option(
+            1.0, max=1.0, callback=_positive, help="Nucleus sampling mass, in (0, 1] (1: off)."
+        ),
         seed: int = typer.Option(-1, help="Sampling seed (-1: random)."),
         data_dir: Path | None = typer.Option(None, help=DATA_DIR_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {prompt, text}."),
