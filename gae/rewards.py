@@ -191,9 +191,10 @@ class ScoreTable:
 # ---------------------------------------------------------------------------------------
 # tokenisation shared by ROUGE-L, unigram F1 and distinct-n
 
-# Han ideographs (incl. extension A and compatibility), kana: scripts written without
-# spaces, so one character is one token (the usual practice for Chinese ROUGE).
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Han ideographs (the basic block, extensions A to I, compatibility ideographs and their
+# supplement), kana: scripts written without spaces, so one character is one token (the usual
+# practice for Chinese ROUGE).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f\U00031350-\U000323af"
 _TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 _HAS_CJK = re.compile(rf"[{_CJK}]")
 
@@ -501,11 +502,17 @@ def score_inputs(inputs: RewardInputs, cfg: RewardConfig) -> ScoreTable:
             fn, options = REWARDS[comp.name], comp.options
         else:  # 'module:function' given directly as the name
             fn, options = python, {"function": comp.name, **comp.options}
+        where = f"reward components[{i}] {comp.name!r} with options {comp.options}"
         try:
             values = fn(inputs, **options)
-        except TypeError as e:
-            raise TypeError(f"reward components[{i}] {comp.name!r} with options {comp.options}: {e}") from e
-        values = [float(v) for v in values]
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}: {e}") from e
+        except Exception as e:  # a user's python reward, a bad regex...: say which component
+            raise RuntimeError(f"{where} failed: {type(e).__name__}: {e}") from e
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{where} must return numbers, one per rollout: {e}") from e
         if len(values) != B:
             raise ValueError(
                 f"reward components[{i}] {comp.name!r} returned {len(values)} scores for {B} rollouts"

@@ -38,11 +38,21 @@ def returns_nan(*, prompt, response, reference):
     return float("nan")
 
 
+def returns_none(*, prompt, response, reference):
+    return None
+
+
+def raises_key_error(*, prompt, response, reference):
+    return {}["x"]
+
+
 def test_tokenize_splits_cjk_per_character_and_words_by_space():
     assert tokenize("The cat, sat!") == ["the", "cat", "sat"]
     assert tokenize("我爱北京") == ["我", "爱", "北", "京"]
     assert tokenize("GPU上的GAE") == ["gpu", "上", "的", "gae"]
     assert has_cjk("猫") and not has_cjk("cat") and not has_cjk(None)
+    # extension B and later ideographs (outside the BMP) are characters of their own too
+    assert tokenize("𠀀𠀁 ab 𪚥") == ["𠀀", "𠀁", "ab", "𪚥"] and has_cjk("𠀀")
 
 
 def test_bleu_english_and_chinese():
@@ -207,6 +217,28 @@ def test_config_errors_name_the_problem():
             RewardInputs.from_texts(["x"]),
             RewardConfig(components=[{"name": "length_window", "options": {"maxlen": 3}}]),
         )
+
+
+@pytest.mark.parametrize(
+    ("component", "error", "match"),
+    [
+        (
+            {"name": "python", "options": {"function": "tests.test_rewards:returns_none"}},
+            TypeError,
+            "numbers",
+        ),
+        (
+            {"name": "python", "options": {"function": "tests.test_rewards:raises_key_error"}},
+            RuntimeError,
+            "KeyError",
+        ),
+        ({"name": "regex", "options": {"pattern": "(unclosed"}}, RuntimeError, "error"),
+    ],
+)
+def test_a_failing_component_is_named(component, error, match):
+    cfg = RewardConfig(components=[{"name": "ends_sentence"}, component])
+    with pytest.raises(error, match=rf"components\[1\] '{component['name']}'.*{match}"):
+        score_inputs(RewardInputs.from_texts(["x."]), cfg)
 
 
 def test_non_finite_score_is_an_error_naming_the_rollout():
