@@ -1,11 +1,40 @@
-"""Inputs as users name them: folders whose name holds a space, CJK or glob characters, and hidden
-folders inside a folder. Runtime ~2 s."""
+"""Inputs as users name them: JSON lines saved as .json with a long first record, folders whose name
+holds a space, CJK or glob characters, and hidden folders inside a folder. Runtime ~3 s."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from gae.db import connect
 from gae.ingest import IngestConfig, ingest, resolve_inputs
+from gae.ingest.readers import _json_kind
+
+
+def test_json_lines_with_a_long_first_record_are_lines(tmp_path):
+    # Three records of ~99 KB each: the first line is longer than any fixed peek (64 KiB), so a kind
+    # decided on a truncated first line would read the file as one document and quarantine it whole.
+    recs = [{"text": f"Record {i}. " + "word " * 19_800} for i in range(3)]
+    body = "".join(json.dumps(r) + "\n" for r in recs)
+    assert len(body.split("\n", 1)[0]) > 1 << 16
+    (tmp_path / "big.json").write_text(body)
+    assert _json_kind(tmp_path / "big.json") == "lines"
+    s = ingest([tmp_path / "big.json"], data_dir=tmp_path / "d", options=IngestConfig(make_prompts=False))
+    assert (s.records, s.inserted, s.quarantined) == (3, 3, 0)
+
+
+def test_json_kind_of_a_pretty_object_and_one_line_files(tmp_path):
+    pretty = tmp_path / "p.json"
+    pretty.write_text(json.dumps({"text": "One pretty-printed object. " * 4000}, indent=2))
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"text": "One object on one line, no newline at the end."}))
+    arr = tmp_path / "a.json"
+    arr.write_text("\n  [" + json.dumps({"text": "x"}) + "]")
+    assert [_json_kind(p) for p in (pretty, one, arr)] == ["object", "lines", "array"]
+    s = ingest([pretty, one, arr], data_dir=tmp_path / "d", options=IngestConfig(make_prompts=False))
+    assert (s.records, s.inserted, s.quarantined) == (3, 3, 0)
 
 
 @pytest.mark.parametrize("folder", ["my docs", "中文", "100% sure"])

@@ -197,13 +197,46 @@ def _peek(path: Path, n: int = 1 << 16) -> bytes:
     return head[3:] if head.startswith(BOM) else head
 
 
-def _json_kind(path: Path) -> str:
-    """'array' for a top-level JSON array, 'object' for one (pretty-printed) object, else 'lines'."""
-    head = _peek(path).lstrip()
-    if head.startswith(b"["):
+def _first_line(path: Path, limit: int) -> bytes:
+    """The file's first non-blank line, whole (read on until its newline, not a fixed peek: a JSON line
+    may be far longer than any block), or its first `limit` bytes where no newline comes by then."""
+    buf = bytearray()
+    start = -1  # where the first non-whitespace byte is, once seen
+    with _open(path) as f:
+        while len(buf) < limit:
+            block = f.read(1 << 16)
+            if not block:
+                break
+            from_ = len(buf)
+            buf += block
+            if from_ == 0 and buf.startswith(BOM):
+                del buf[:3]
+                from_ = 0
+            if start < 0:
+                rest = bytes(buf[from_:])
+                lead = len(rest) - len(rest.lstrip())
+                if lead == len(rest):
+                    continue
+                start = from_ + lead
+            end = buf.find(b"\n", max(start, from_))
+            if end >= 0:
+                return bytes(buf[start:end])
+    return bytes(buf[max(start, 0) : max(start, 0) + limit])
+
+
+def _json_kind(path: Path, limit: int = 8 << 20) -> str:
+    """'array' for a top-level JSON array, 'object' for one (pretty-printed) object, else 'lines'.
+
+    Decided on the first complete line: JSON lines whose first record is longer than a fixed peek
+    would otherwise look like the start of one object, and the whole file be quarantined as
+    malformed. A first line with no newline within `limit` bytes is one long line: JSON lines.
+    """
+    first = _first_line(path, limit)
+    if first.startswith(b"["):
         return "array"
-    if head.startswith(b"{"):
-        first = head.split(b"\n", 1)[0]
+    if first.startswith(b"{"):
+        if len(first) >= limit:
+            return "lines"
         try:
             json.loads(first)
             return "lines"
@@ -438,7 +471,9 @@ def _text_record(data: bytes, line: int, record: int, offset: int, cfg: IngestCo
 def _chunks(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> Iterator[tuple[pa.Table, int]]:
     fmt = file_format(path)
     size = path.stat().st_size
-    if fmt == "jsonl" or (fmt == "json" and _json_kind(path) == "lines"):
+    # the longest line a record within max_chars can be: 6 bytes a character (\uXXXX escapes)
+    kind = _json_kind(path, 6 * cfg.max_chars + (1 << 16)) if fmt == "json" else None
+    if fmt == "jsonl" or kind == "lines":
         yield from _jsonl_chunks(path, cfg.chunk_bytes)
     elif fmt in ("json", "csv", "parquet"):
         # DuckDB's readers run on a cursor of their own: a reader error (a malformed file) must not
@@ -446,7 +481,6 @@ def _chunks(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> It
         cur = con.cursor()
         try:
             if fmt == "json":
-                kind = _json_kind(path)
                 yield (_json_array(cur, path, cfg) if kind == "array" else _whole_file_error(path, cfg)), size
             elif fmt == "csv":
                 yield _csv(cur, path, cfg), size
