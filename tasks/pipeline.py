@@ -32,9 +32,9 @@ def start_run(data_dir: str, config: dict, *, resume: bool = True) -> dict:
     from gae.tracking import Tracker
 
     dd = DataDir.resolve(data_dir).ensure()
-    # Settings that change the RL run; where the data dir lives or how often to register do not.
-    keyed = {k: v for k, v in config.items() if k not in ("data_dir", "resume")}
-    state, resumed = start_or_resume(dd.runs, config["run_name"], config_hash(keyed), resume=resume)
+    state, resumed = start_or_resume(
+        dd.runs, config["run_name"], config_hash(resume_key(config)), resume=resume
+    )
     if resumed:
         removed = delete_iterations_after(dd.root, state.run_id, state.last_completed_iteration)
         if removed:
@@ -116,6 +116,16 @@ def evaluate_policy_task(
 
 def _partition_files(root: Path, table: str, run_id: str, iteration: int) -> Path:
     return root / table / f"run_id={run_id}" / f"iteration={iteration}"
+
+
+def resume_key(config: dict) -> dict:
+    """The settings that make a run what it is: a rerun with the same ones resumes it. Where the
+    data lives, the device, the rollout chunk size (samples do not depend on it: per-row seeds)
+    and whether or under which name the policy is registered do not change the run."""
+    key = {k: v for k, v in config.items() if k not in ("data_dir", "resume", "device")}
+    key["rollout"] = {k: v for k, v in config.get("rollout", {}).items() if k != "batch_size"}
+    key["registry"] = {"experiment": config.get("registry", {}).get("experiment")}
+    return key
 
 
 @task(name="publish-iteration", retries=2, retry_delay_seconds=1)

@@ -61,3 +61,23 @@ def test_run_state_resumes_only_unfinished_runs_with_the_same_config(tmp_path):
     assert not resumed and fresh.run_id != st.run_id
     assert RunState.load(tmp_path, "demo").status == "finished"
     assert config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
+
+
+def test_resume_key_ignores_what_does_not_change_the_run():
+    """A crashed run resumed on another device, with another rollout chunk size or with
+    registration switched off is the same run; another learning rate or reward is not."""
+    from gae.config import load_config
+    from tasks.pipeline import resume_key
+
+    def key(*sets):
+        return config_hash(
+            resume_key(load_config(preset="smoke", overrides=list(sets)).model_dump(mode="json"))
+        )
+
+    base = key()
+    assert base == key("device=cpu") == key("rollout.batch_size=7") == key("registry.enabled=false")
+    assert base == key("registry.model_name=other", "data_dir=/elsewhere", "resume=false")
+    assert base != key("ppo.actor_lr=0.001")
+    assert base != key("rollout.temperature=0.7")
+    assert base != key("registry.experiment=other")  # the MLflow run lives in its experiment
+    assert base != key("eval.n_prompts=3")  # the eval series must stay comparable
