@@ -266,3 +266,75 @@ def test_time_aware_value_head_counts_response_steps(tmp_path):
     del raw["model"]["value_time_features"]
     (tmp_path / "old" / "config.json").write_text(json.dumps(raw))
     assert load_model(tmp_path / "old").value_head.in_features == H
+
+
+# --- Hugging Face backbones: logit post-processing and output layers wider than the tokenizer
+
+
+def _tiny_hf(kind: str, vocab: int, **extra):
+    """A tiny randomly initialised HF causal LM of one family, built locally (never downloaded)."""
+    transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    if kind == "gpt2":
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=vocab, n_positions=128, n_embd=32, n_layer=2, n_head=2, **extra
+            )
+        )
+    names = {
+        "granite": ("GraniteConfig", "GraniteForCausalLM"),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+        "cohere": ("CohereConfig", "CohereForCausalLM"),
+    }[kind]
+    if not all(hasattr(transformers, n) for n in names):
+        pytest.skip(f"transformers {transformers.__version__} has no {names[1]}")
+    if kind == "gemma2":
+        common["head_dim"] = 16
+    return getattr(transformers, names[1])(getattr(transformers, names[0])(**common, **extra))
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("gpt2", {}),
+        ("granite", {"logits_scaling": 8.0}),  # the model's forward divides its logits by 8
+        # softcap c * tanh(x / c); c = 0.05 is below the random model's logit scale (~0.3), so
+        # dropping it changes the logits far beyond the tolerance
+        ("gemma2", {"final_logit_softcapping": 0.05}),
+        ("cohere", {"logit_scale": 0.0625}),  # multiplies by 1/16
+    ],
+)
+def test_hf_logits_equal_the_models_own(kind, extra, tmp_path):
+    torch.manual_seed(0)
+    _tiny_hf(kind, 64, **extra).save_pretrained(str(tmp_path / kind))
+    m = build_model(ModelConfig(arch="hf", hf_path=str(tmp_path / kind)), 64).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 3, 2, 4]])
+    att = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        ours, _ = m(ids, att)
+        theirs = m.actor.lm(input_ids=ids, attention_mask=att.long()).logits
+        step, _ = m.decode_step(ids, att, m.new_cache(2, 8))  # generation goes through the same head
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=0)
+    torch.testing.assert_close(step, theirs, atol=ATOL, rtol=0)
+    # and after a save/load round trip (the architecture is rebuilt from its saved config)
+    save_model(m, tmp_path / "saved")
+    with torch.no_grad():
+        again, _ = load_model(tmp_path / "saved").eval()(ids, att)
+    torch.testing.assert_close(again, theirs, atol=ATOL, rtol=0)
+
+
+def test_hf_refuses_unknown_logit_post_processing(tmp_path):
+    # GPT-2's forward never reads `logits_scaling`; a config carrying it is an architecture whose
+    # output transform we cannot know, so building must refuse rather than score other logits
+    torch.manual_seed(0)
+    _tiny_hf("gpt2", 64, logits_scaling=4.0).save_pretrained(str(tmp_path))
+    with pytest.raises(ValueError, match="logits_scaling"):
+        build_model(ModelConfig(arch="hf", hf_path=str(tmp_path)), 64)

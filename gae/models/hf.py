@@ -26,6 +26,62 @@ def _require_transformers():
     return transformers
 
 
+# Output transforms that some architectures apply after the LM head inside their own forward:
+# part of the model, so leaving them out samples and scores from other logits. Each is read from
+# the HF config, by model_type family (transformers 5.x modeling files):
+#   Granite*, MiniCPM3: logits / logits_scaling (MiniCPM3 divides the hidden state; its head has no bias)
+#   HyperCLOVA X:       logits * logits_scaling
+#   Cohere*:            logits * logit_scale
+#   Gemma 2/3/4, ...:   final_logit_softcapping c: c * tanh(logits / c)  (Gemma 2 report, 2024)
+_DIVIDE_BY_LOGITS_SCALING = ("granite", "minicpm3")  # model_type prefixes
+_MULTIPLY_BY_LOGITS_SCALING = ("hyperclovax",)
+_MULTIPLY_BY_LOGIT_SCALE = ("cohere",)
+# Fields of other architectures that change the output logits in ways not replicated here.
+_UNSUPPORTED_LOGIT_FIELDS = (
+    "output_multiplier",
+    "output_logit_soft_cap",
+    "logits_soft_cap",
+    "logits_mup_width_multiplier",
+    "lm_head_multiplier",
+)
+
+
+def logit_transform(hf_cfg) -> tuple[float, float | None]:
+    """(scale, softcap) such that the model's own logits = softcap(scale * head(hidden)), softcap
+    c * tanh(x / c) when not None. Refuses a config with a logit field of unknown meaning."""
+    kind = str(getattr(hf_cfg, "model_type", "") or "")
+    where = f"HF config (model_type={kind!r})"
+    for name in _UNSUPPORTED_LOGIT_FIELDS:
+        if getattr(hf_cfg, name, None) is not None:
+            raise ValueError(
+                f"{where} sets {name}={getattr(hf_cfg, name)!r}, an output-logit transform arch='hf' "
+                "does not replicate; its log-probs would not be the model's"
+            )
+    scale = 1.0
+    scaling = getattr(hf_cfg, "logits_scaling", None)
+    if scaling is not None:
+        if kind.startswith(_DIVIDE_BY_LOGITS_SCALING):
+            scale /= float(scaling)
+        elif kind.startswith(_MULTIPLY_BY_LOGITS_SCALING):
+            scale *= float(scaling)
+        elif float(scaling) != 1.0:
+            raise ValueError(
+                f"{where} sets logits_scaling={scaling!r}, but whether this architecture divides or "
+                "multiplies its logits by it is unknown to arch='hf'"
+            )
+    logit_scale = getattr(hf_cfg, "logit_scale", None)
+    if logit_scale is not None:
+        if kind.startswith(_MULTIPLY_BY_LOGIT_SCALE):
+            scale *= float(logit_scale)
+        elif float(logit_scale) != 1.0:
+            raise ValueError(
+                f"{where} sets logit_scale={logit_scale!r}, an output-logit transform arch='hf' "
+                "does not know for this architecture"
+            )
+    cap = getattr(hf_cfg, "final_logit_softcapping", None)
+    return scale, (float(cap) if cap else None)
+
+
 class HFCache:
     def __init__(self):
         self.past = None
@@ -69,6 +125,7 @@ class HFCausalLM(nn.Module):
             raise ValueError(
                 f"tokenizer has {vocab_size} tokens but the HF model's output layer has {n_vocab}"
             )
+        self.logit_scale, self.logit_softcap = logit_transform(self.lm.config)
         self.block_size = getattr(self.lm.config, "max_position_embeddings", None) or getattr(
             self.lm.config, "n_positions", None
         )
@@ -97,7 +154,14 @@ class HFCausalLM(nn.Module):
         return out.last_hidden_state, cache  # (B, L, H)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm.get_output_embeddings()(hidden)  # (B, L, V)
+        """(B, L, H) -> (B, L, V): the output layer, then the post-processing the model's own forward
+        applies (see `logit_transform`), in the same order."""
+        logits = self.lm.get_output_embeddings()(hidden)  # (B, L, V)
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
 
     def save_hf_config(self, out_dir: Path) -> None:
         self.lm.config.save_pretrained(str(out_dir))
