@@ -338,3 +338,44 @@ def test_hf_refuses_unknown_logit_post_processing(tmp_path):
     _tiny_hf("gpt2", 64, logits_scaling=4.0).save_pretrained(str(tmp_path))
     with pytest.raises(ValueError, match="logits_scaling"):
         build_model(ModelConfig(arch="hf", hf_path=str(tmp_path)), 64)
+
+
+def test_hf_output_layer_wider_than_tokenizer_never_yields_unknown_ids(tmp_path):
+    from gae.rollout import sample_batch
+
+    torch.manual_seed(0)
+    lm = _tiny_hf("gpt2", 64)
+    with torch.no_grad():  # make ids 50..63 (no token in a 50-token vocabulary) the likeliest by far
+        lm.get_output_embeddings().weight[50:] *= 200.0
+    lm.save_pretrained(str(tmp_path))
+    m = build_model(ModelConfig(arch="hf", hf_path=str(tmp_path)), 50).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    att = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        logits, _ = m(ids, att)
+    assert logits.shape == (1, 5, 50)  # cut to the tokenizer, like the gpt and gru backbones
+    probs = torch.softmax(logits.double(), -1)
+    assert probs[..., 50:].sum() == 0  # none at ids >= 50 (none at all when the head is cut to 50)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(1, 5, dtype=torch.float64))
+    out = sample_batch(
+        m,
+        [[1, 5, 6], [1, 7], [1, 8, 9, 10]],
+        [1, 2, 3],
+        max_new_tokens=16,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        eos_id=2,
+        pad_id=0,
+        device=torch.device("cpu"),
+    )
+    assert int(out["response_tokens"].max()) < 50
+    scored = score_responses(
+        m,
+        out["prompt_tokens"],
+        out["prompt_mask"],
+        out["response_tokens"],
+        out["action_mask"],
+        compute_entropy=True,
+    )
+    assert torch.isfinite(scored.logprobs).all() and torch.isfinite(scored.entropy).all()

@@ -125,6 +125,11 @@ class HFCausalLM(nn.Module):
             raise ValueError(
                 f"tokenizer has {vocab_size} tokens but the HF model's output layer has {n_vocab}"
             )
+        # Output layers are often padded past the tokenizer (to a multiple of 64 or 128): ids from
+        # `vocab_size` on have no token, so `logits` cuts them off, giving (B, L, vocab_size) like
+        # the other backbones. Cutting (not a -inf fill) keeps them at probability exactly 0 for
+        # sampling and scoring while entropy stays finite (0 * -inf would be NaN).
+        self.vocab_size = int(vocab_size) if vocab_size is not None else n_vocab
         self.logit_scale, self.logit_softcap = logit_transform(self.lm.config)
         self.block_size = getattr(self.lm.config, "max_position_embeddings", None) or getattr(
             self.lm.config, "n_positions", None
@@ -154,9 +159,11 @@ class HFCausalLM(nn.Module):
         return out.last_hidden_state, cache  # (B, L, H)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, L, H) -> (B, L, V): the output layer, then the post-processing the model's own forward
-        applies (see `logit_transform`), in the same order."""
-        logits = self.lm.get_output_embeddings()(hidden)  # (B, L, V)
+        """(B, L, H) -> (B, L, V), V the tokenizer's size: the output layer, then the post-processing
+        the model's own forward applies (see `logit_transform`), in the same order."""
+        logits = self.lm.get_output_embeddings()(hidden)  # (B, L, n_vocab)
+        if logits.shape[-1] > self.vocab_size:
+            logits = logits[..., : self.vocab_size]  # (B, L, V)
         if self.logit_scale != 1.0:
             logits = logits * self.logit_scale
         if self.logit_softcap is not None:
