@@ -73,3 +73,49 @@ def test_csv_dialect_not_modelled_leaves_lines_null(tmp_path):
     finally:
         con.close()
     assert s.inserted == 2 and rows == [(None, "one\ntwo"), (None, "three four")]
+
+
+@pytest.mark.parametrize("delim", [",", ";", "\t"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_unbalanced_quote_does_not_unquote_the_whole_file(tmp_path, delim, gz):
+    # One row opens a quote it never closes. DuckDB's sniffer, given free rein, then picks a dialect
+    # without quotes, and every good quoted field holding the delimiter or a newline is cut into
+    # pieces ('"First record' / ' spanning', 'two lines. Yes."'). With the double quote pinned the
+    # good rows stay whole and the bad one is quarantined at its line; the quote it opens runs to the
+    # end of the file, so the row after it goes with it into the quarantine.
+    #  1 text,other
+    #  2 "First record, spanning       one record over lines 2-3, holding the delimiter and a newline
+    #  3 two lines. Yes.",a
+    #  4 Second record here fine.,b
+    #  5 "bad quote here,c,d,e         unterminated quote: lines 5-6 are one rejected record
+    #  6 Third record is okay.,f
+    d = delim
+    csv = (
+        f'text{d}other\n"First record{d} spanning\ntwo lines. Yes."{d}a\nSecond record here fine.{d}b\n'
+        f'"bad quote here{d}c{d}d{d}e\nThird record is okay.{d}f\n'
+    ).encode()
+    f = tmp_path / ("t.csv.gz" if gz else "t.csv")
+    f.write_bytes(gzip.compress(csv) if gz else csv)
+    s = ingest([f], data_dir=tmp_path / "d", options=IngestConfig(make_prompts=False))
+    con = connect(tmp_path / "d", read_only=True)
+    try:
+        docs = con.execute("select line, text from documents order by line").fetchall()
+        errs = con.execute("select line, reason from ingest_errors order by line").fetchall()
+    finally:
+        con.close()
+    assert docs == [(2, f"First record{d} spanning\ntwo lines. Yes."), (4, "Second record here fine.")]
+    assert errs == [(5, "malformed_csv")]
+    assert (s.records, s.inserted, s.quarantined) == (3, 2, 1)
+
+
+def test_csv_without_double_quotes_keeps_a_sniffed_delimiter(tmp_path):
+    # no double quote anywhere: the dialect is DuckDB's to sniff, pipe delimiter included
+    f = tmp_path / "p.csv"
+    f.write_bytes(b"id|text\n1|First row, with a comma.\n2|Second row.\n")
+    s = ingest([f], data_dir=tmp_path / "d", options=IngestConfig(make_prompts=False))
+    con = connect(tmp_path / "d", read_only=True)
+    try:
+        rows = con.execute("select line, text from documents order by line").fetchall()
+    finally:
+        con.close()
+    assert s.quarantined == 0 and rows == [(2, "First row, with a comma."), (3, "Second row.")]

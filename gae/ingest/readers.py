@@ -298,15 +298,41 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Ta
     import duckdb
     import pyarrow as pa
 
+    with _open(path) as f:
+        data = f.read()
     con.execute("drop table if exists _csv_rejects")
     con.execute("drop table if exists _csv_scans")
+    rejects = "store_rejects = true, rejects_table = '_csv_rejects', rejects_scan = '_csv_scans'"
+    params = {"path": str(path), "header": cfg.csv_header}
     try:
-        good = _rows_as_json(
-            con,
-            "read_csv($path, header = $header, all_varchar = true, store_rejects = true, "
-            "rejects_table = '_csv_rejects', rejects_scan = '_csv_scans')",
-            {"path": str(path), "header": cfg.csv_header},
-        )
+        if b'"' not in data:  # nothing to misquote: the dialect (a single-quote one too) is sniffed
+            good = _rows_as_json(
+                con, f"read_csv($path, header = $header, all_varchar = true, {rejects})", params
+            )
+        else:
+            # One row with an unbalanced double quote makes the free sniffer settle on a dialect without
+            # quotes, which cuts every good quoted field holding a delimiter or newline into pieces. The
+            # quote is pinned (RFC 4180: '"', doubled to escape it); the delimiter is still sniffed.
+            try:
+                good = _rows_as_json(
+                    con,
+                    f"""read_csv($path, header = $header, all_varchar = true, quote = '"', escape = '"',
+                                 {rejects})""",
+                    params,
+                )
+            except duckdb.Error:
+                # The sniffer finds no dialect with that quote (the unterminated one runs to the end of
+                # its sample): read without it, the delimiter and columns taken from the first record,
+                # so the good rows are kept and the bad one is rejected at its line.
+                delim, columns = _csv_dialect_fallback(data, header=cfg.csv_header)
+                con.execute("drop table if exists _csv_rejects")
+                con.execute("drop table if exists _csv_scans")
+                good = _rows_as_json(
+                    con,
+                    f"""read_csv($path, header = $header, auto_detect = false, delim = $delim, quote = '"',
+                                 escape = '"', columns = $columns, {rejects})""",
+                    {**params, "delim": delim, "columns": columns},
+                )
     except duckdb.Error as exc:
         if _is_empty(path):
             return _stage(0)
@@ -324,19 +350,49 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Ta
            group by line
            order by line"""
     ).to_arrow_table()
-    good, bad = _csv_physical_lines(path, good, bad, header=cfg.csv_header)
+    good, bad = _csv_physical_lines(path, good, bad, header=cfg.csv_header, data=data)
     return pa.concat_tables([good, bad.cast(good.schema)])
 
 
-def _csv_record_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
+_CSV_DELIMS = (",", ";", "\t", "|")  # DuckDB's sniffer's candidates
+
+
+def _csv_dialect_fallback(data: bytes, *, header: bool) -> tuple[str, dict[str, str]]:
+    """(delimiter, {column: 'VARCHAR'}) from the first record: the candidate delimiter met most often
+    outside double quotes on the first line (',' on a tie), and the header's names (made unique and
+    non-empty as DuckDB makes them: `a`, `a_1`, `column2`), or column0.. without a header."""
+    import csv
+    import io
+
+    head = data[3:] if data.startswith(BOM) else data
+    first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+    outside = "".join(first_line.split('"')[::2])
+    delim = max(_CSV_DELIMS, key=lambda c: (outside.count(c), c == ","))
+    text = head[: 1 << 20].decode("utf-8", "replace")
+    first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delim, quotechar='"'), [])
+    if not header:
+        return delim, {f"column{i}": "VARCHAR" for i in range(max(len(first), 1))}
+    names: list[str] = []
+    for i, name in enumerate(first):
+        name = name or f"column{i}"
+        base, k = name, 0
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.append(name)
+    return delim, {n: "VARCHAR" for n in names or ["column0"]}
+
+
+def _csv_record_lines(path: Path, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(1-based line where each CSV record starts, whether it is blank), for every record of the file in
     order, blank ones included: records end at a newline outside double quotes (a quoted field may hold
     newlines; a doubled quote inside one toggles twice, so the parity of the quotes before a newline
     says whether it is inside a field)."""
     import numpy as np
 
-    with _open(path) as f:
-        data = f.read()
+    if data is None:
+        with _open(path) as f:
+            data = f.read()
     a = np.frombuffer(data, np.uint8)
     nl = np.flatnonzero(a == 10)
     quotes = np.flatnonzero(a == 34)
@@ -354,7 +410,7 @@ def _csv_record_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _csv_physical_lines(
-    path: Path, good: pa.Table, bad: pa.Table, *, header: bool
+    path: Path, good: pa.Table, bad: pa.Table, *, header: bool, data: bytes | None = None
 ) -> tuple[pa.Table, pa.Table]:
     """Good CSV rows get the line where they start; quarantined ones the line instead of DuckDB's row count.
 
@@ -368,7 +424,7 @@ def _csv_physical_lines(
     import numpy as np
     import pyarrow as pa
 
-    lines, blank = _csv_record_lines(path)
+    lines, blank = _csv_record_lines(path, data)
     given = bad.column("line").to_pylist()
     if None in given:
         return good, bad
