@@ -119,3 +119,16 @@ def test_csv_without_double_quotes_keeps_a_sniffed_delimiter(tmp_path):
     finally:
         con.close()
     assert s.quarantined == 0 and rows == [(2, "First row, with a comma."), (3, "Second row.")]
+
+
+def test_csv_backslash_escaped_quotes_are_still_sniffed(tmp_path):
+    # quotes escaped with a backslash, not doubled: the escape stays the sniffer's to find
+    f = tmp_path / "b.csv"
+    f.write_bytes(b'text,other\n"he said \\"hi\\", twice",a\n"plain, two",b\n')
+    s = ingest([f], data_dir=tmp_path / "d", options=IngestConfig(make_prompts=False))
+    con = connect(tmp_path / "d", read_only=True)
+    try:
+        rows = con.execute("select text from documents order by text").fetchall()
+    finally:
+        con.close()
+    assert s.quarantined == 0 and rows == [('he said "hi", twice',), ("plain, two",)]

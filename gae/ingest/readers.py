@@ -312,18 +312,18 @@ def _csv(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Ta
         else:
             # One row with an unbalanced double quote makes the free sniffer settle on a dialect without
             # quotes, which cuts every good quoted field holding a delimiter or newline into pieces. The
-            # quote is pinned (RFC 4180: '"', doubled to escape it); the delimiter is still sniffed.
+            # quote is pinned; the delimiter and the escape ('"' doubled, or a backslash) are sniffed.
             try:
                 good = _rows_as_json(
                     con,
-                    f"""read_csv($path, header = $header, all_varchar = true, quote = '"', escape = '"',
-                                 {rejects})""",
+                    f"""read_csv($path, header = $header, all_varchar = true, quote = '"', {rejects})""",
                     params,
                 )
             except duckdb.Error:
                 # The sniffer finds no dialect with that quote (the unterminated one runs to the end of
-                # its sample): read without it, the delimiter and columns taken from the first record,
-                # so the good rows are kept and the bad one is rejected at its line.
+                # its sample): read without it, RFC 4180's escape (a doubled quote), the delimiter and
+                # columns taken from the first record, so the good rows are kept and the bad one is
+                # rejected at its line.
                 delim, columns = _csv_dialect_fallback(data, header=cfg.csv_header)
                 con.execute("drop table if exists _csv_rejects")
                 con.execute("drop table if exists _csv_scans")
