@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -358,6 +359,72 @@ def _response_ids(tokens: torch.Tensor, mask: torch.Tensor, eos_id: int) -> list
     ]
 
 
+@dataclass
+class Generation:
+    """Per-row results of `generate`, all lists of length B (rows in the order of the prompts).
+
+    `response_lengths` count the tokens on the action mask (EOS included), as
+    `RolloutBatch.response_length` does; `finish_reasons` are 'eos' or 'length', as in
+    `RolloutBatch.finish_reasons`. Rewards read both, so evaluation must pass these, not a
+    re-encoding of the decoded text (which drops EOS and may tokenise differently)."""
+
+    texts: list[str]
+    response_lengths: list[int]
+    finish_reasons: list[str]
+
+
+def generate(
+    model,
+    tok,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    seed_keys: list[tuple[str, int]] | None = None,
+    device=None,
+) -> Generation:
+    """Continue each prompt: the generated text (EOS and padding removed), its length in
+    generated tokens and its finish reason.
+
+    Row i draws from `row_seed(seed, *seed_keys[i])`; pass (prompt_id, sample index) to get
+    exactly the samples `generate_rollouts` draws with the same seed and sampling settings.
+    Default keys: (str(i), 0)."""
+    if not prompts:
+        return Generation([], [], [])
+    if seed_keys is not None and len(seed_keys) != len(prompts):
+        raise ValueError(f"generate: {len(seed_keys)} seed_keys for {len(prompts)} prompts")
+    keys = seed_keys if seed_keys is not None else [(str(i), 0) for i in range(len(prompts))]
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    seed = random.randrange(1 << 62) if seed is None else seed
+    was_training = model.training
+    model.eval()
+    rows, _ = encode_prompts(tok, prompts, max_prompt_tokens=_max_prompt_tokens(model, max_new_tokens))
+    out = sample_batch(
+        model,
+        rows,
+        [row_seed(seed, str(k), j) for k, j in keys],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+        device=device,
+    )
+    model.train(was_training)
+    host = to_host({"eval_response_tokens": out["response_tokens"], "eval_action_mask": out["action_mask"]})
+    host = host.wait()
+    ids = _response_ids(host["eval_response_tokens"], host["eval_action_mask"], tok.eos_id)
+    return Generation(
+        texts=[tok.decode(r) for r in ids],
+        response_lengths=[int(n) for n in host["eval_action_mask"].sum(1).tolist()],
+        finish_reasons=list(out["finish_reasons"]),
+    )
+
+
 def generate_text(
     model,
     tok,
@@ -371,27 +438,14 @@ def generate_text(
     device=None,
 ) -> list[str]:
     """Continue each prompt; returns the generated text only (EOS and padding removed)."""
-    if not prompts:
-        return []
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    seed = random.randrange(1 << 62) if seed is None else seed
-    was_training = model.training
-    model.eval()
-    rows, _ = encode_prompts(tok, prompts, max_prompt_tokens=_max_prompt_tokens(model, max_new_tokens))
-    out = sample_batch(
+    return generate(
         model,
-        rows,
-        [row_seed(seed, str(i), 0) for i in range(len(rows))],
+        tok,
+        prompts,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
-        top_k=top_k,
         top_p=top_p,
-        eos_id=tok.eos_id,
-        pad_id=tok.pad_id,
+        top_k=top_k,
+        seed=seed,
         device=device,
-    )
-    model.train(was_training)
-    host = to_host({"eval_response_tokens": out["response_tokens"], "eval_action_mask": out["action_mask"]})
-    host = host.wait()
-    ids = _response_ids(host["eval_response_tokens"], host["eval_action_mask"], tok.eos_id)
-    return [tok.decode(r) for r in ids]
+    ).texts
