@@ -4,11 +4,9 @@ holds a space, CJK or glob characters, and hidden folders inside a folder. Runti
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from gae.db import connect
 from gae.ingest import IngestConfig, ingest, resolve_inputs
 from gae.ingest.readers import _json_kind
 
