@@ -44,7 +44,26 @@ QUERIES = (
 )
 
 
-def synthetic(B: int, T: int, seed: int = 0) -> tuple[RolloutBatch, dict]:
+def bench_tokenizer(out_dir: Path):
+    """A byte-level BPE trained here on generated English and CJK words (the writer fills the
+    `token` column from the run's tokenizer, as the pipeline does)."""
+    import random
+
+    from gae.tokenizer import load_tokenizer, train_tokenizer
+
+    rng = random.Random(0)
+    words = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+        for _ in range(5000)
+    ]
+    words += [
+        "".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(rng.randint(1, 3))) for _ in range(2000)
+    ]
+    texts = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(2000)]
+    return load_tokenizer(train_tokenizer(texts, vocab_size=8000, out_dir=out_dir))
+
+
+def synthetic(B: int, T: int, seed: int = 0, vocab: int = 32000) -> tuple[RolloutBatch, dict]:
     """B full-length rows of T tokens (B*T token rows) and per-token outputs."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(B, T, dtype=torch.bool)
@@ -58,7 +77,7 @@ def synthetic(B: int, T: int, seed: int = 0) -> tuple[RolloutBatch, dict]:
         group_ids=torch.arange(B) // 4,
         prompt_tokens=torch.ones(B, 8, dtype=torch.long),
         prompt_mask=torch.ones(B, 8, dtype=torch.bool),
-        response_tokens=torch.randint(0, 32000, (B, T), generator=g),
+        response_tokens=torch.randint(0, vocab, (B, T), generator=g),
         action_mask=mask,
         logprobs=-f().abs(),
         ref_logprobs=-f().abs(),
@@ -101,16 +120,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="gae-bench-store-"))
     try:
         B = args.rows // args.T
-        batch, out = synthetic(B, args.T)
+        tok = bench_tokenizer(tmp / "tok")
+        batch, out = synthetic(B, args.T, vocab=tok.vocab_size)
         rows = B * args.T
+        print(
+            f"tokenizer: byte-level BPE, {tok.vocab_size} tokens (the token column is filled, as in the pipeline)"
+        )
 
-        # --- writer vs bare Polars, same frame, same run
+        # --- writer vs bare Polars, same frame (token text included), same run
         frame = tokens_frame(
             batch,
             token_rewards=out["token_rewards"],
             kl=out["kl"],
             advantages=out["advantages"],
             returns=out["returns"],
+            tokenizer=tok,
         )
         assert frame.height == rows
         # Interleaved rounds (baseline, writer, frame build), median of each: the machine is
@@ -120,13 +144,16 @@ def main() -> None:
             "polars1": lambda: frame.write_parquet(
                 tmp / "bare1.parquet", compression="zstd", compression_level=1
             ),
-            "writer": lambda: write_iteration(tmp / "w", run_id="w", iteration=0, batch=batch, **out),
+            "writer": lambda: write_iteration(
+                tmp / "w", run_id="w", iteration=0, batch=batch, tokenizer=tok, **out
+            ),
             "build": lambda: tokens_frame(
                 batch,
                 token_rewards=out["token_rewards"],
                 kl=out["kl"],
                 advantages=out["advantages"],
                 returns=out["returns"],
+                tokenizer=tok,
             ),
         }
         for fn in fns.values():

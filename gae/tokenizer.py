@@ -136,6 +136,13 @@ class Tok:
             ids = [i for i in ids if i not in self.special_ids]
         return self._tk.decode(ids, skip_special_tokens=False)
 
+    def vocab_texts(self) -> list[str]:
+        """`token_texts` of every id 0..vocab_size-1, computed once per tokenizer: the store
+        looks 10M token ids up in it instead of decoding each id in Python."""
+        if getattr(self, "_vocab_texts", None) is None:
+            self._vocab_texts = self.token_texts(range(self.vocab_size))
+        return self._vocab_texts
+
     def token_texts(self, ids: Iterable[int]) -> list[str]:
         """The text of each token on its own; bytes that are not whole UTF-8 characters show as U+FFFD.
 

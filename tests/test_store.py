@@ -484,6 +484,17 @@ def test_token_text_from_the_project_tokenizer(tmp_path):
     # Byte-level pieces of 猫 show as U+FFFD when a token holds part of the character.
     assert [g[0] for g in got] == tok.token_texts(ids)
     assert len(got) == T and all(isinstance(g[0], str) for g in got)
+    # The column comes from the vocabulary table: every id of the vocabulary in random order
+    # gives what decoding each id gives; an id outside it falls back to token_texts ("<unk:ID>").
+    from gae.store import _token_texts
+
+    g = torch.Generator().manual_seed(0)
+    many = torch.randint(0, tok.vocab_size, (5000,), generator=g).tolist()
+    assert _token_texts(tok, pl.Series(many)).to_list() == tok.token_texts(many)
+    assert _token_texts(tok, pl.Series([5, tok.vocab_size + 7])).to_list() == tok.token_texts(
+        [5, tok.vocab_size + 7]
+    )
+    assert _token_texts(tok, pl.Series([], dtype=pl.Int32)).to_list() == []
 
 
 def test_publish_survives_a_retry_after_a_partial_move_and_a_second_call(tmp_path, monkeypatch):
