@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-DEFAULT_CRON = "0 3 * * *"  # 03:00 every night, in the server's time zone (UTC unless configured)
+DEFAULT_CRON = "0 3 * * *"  # 03:00 every night, UTC (Prefect evaluates a schedule without a time zone in UTC)
 
 
 def build_deployments(
@@ -22,9 +22,17 @@ def build_deployments(
         description="The whole RL pipeline on a schedule: ingest (skipped when unchanged), pretrain (cached), PPO iterations, registration.",
         tags=["gaeflow"],
     )
+    # On-demand ingest writes where the served pipeline reads: its data directory, corpus and
+    # ingest options by default (each can be changed in the UI's run form).
+    cfg = config or {}
+    defaults = {
+        "paths": ingest_paths if ingest_paths is not None else cfg.get("corpus"),
+        "data_dir": cfg.get("data_dir"),
+        "options": cfg.get("ingest"),
+    }
     on_demand = ingest_corpus.to_deployment(
         name="on-demand",
-        parameters={"paths": ingest_paths} if ingest_paths else None,
+        parameters={k: v for k, v in defaults.items() if v is not None} or None,
         description="Ingest a corpus into the data directory's DuckDB; start it from the UI's Run button.",
         tags=["gaeflow"],
     )

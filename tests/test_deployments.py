@@ -123,3 +123,20 @@ async def deployment_schedules(url: str, name: str) -> list[str]:
     async with PrefectClient(url) as client:
         dep = await client.read_deployment_by_name(name)
         return [s.schedule.cron for s in dep.schedules]
+
+
+def test_on_demand_ingest_writes_where_the_served_pipeline_reads():
+    """`gae serve --data-dir D` with a corpus: the on-demand ingest's default parameters are
+    the pipeline's data directory, corpus and ingest options, not ./gae-data."""
+    from flows.deployments import build_deployments
+    from gae.config import load_config
+
+    cfg = load_config(preset="smoke", values={"data_dir": "/srv/gae", "corpus": ["/srv/texts"]})
+    nightly, on_demand = build_deployments(config=cfg.model_dump(mode="json"))
+    assert nightly.parameters["config"]["data_dir"] == "/srv/gae"
+    assert on_demand.parameters == {
+        "paths": ["/srv/texts"],
+        "data_dir": "/srv/gae",
+        "options": cfg.ingest.model_dump(mode="json"),
+    }
+    assert not build_deployments(config=None)[1].parameters  # nothing configured: the flow's defaults
