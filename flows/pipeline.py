@@ -133,6 +133,7 @@ def rl_iteration(
     )
     clock("store", publish_iteration, data_dir, stage, run["run_id"], iteration)
     summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    summary["iteration"] = iteration
     summary["stored_tokens"] = stored.get("token_rows")
     summary["timing_s/iteration"] = time.perf_counter() - clock.t0
     complete_iteration(data_dir, run["run_name"], iteration, summary)

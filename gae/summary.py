@@ -13,6 +13,12 @@ def print_run_summary(result: dict, cfg) -> None:
     console = Console()
     dd = DataDir.resolve(cfg.data_dir)
     its = result.get("iterations") or []
+    # A resumed run returns only the iterations it ran; the run state holds every completed one.
+    from gae.runstate import RunState
+
+    state = RunState.load(dd.runs, cfg.run_name) if dd.runs.exists() else None
+    if state is not None and state.run_id == result.get("run_id") and state.history:
+        its = sorted(state.history, key=lambda h: h.get("iteration", 0))
     table = Table(title=f"run {result['run_id']}")
     for col in ("iteration", "eval reward", "train score", "KL", "explained var", "seconds"):
         table.add_column(col, justify="right")

@@ -148,3 +148,25 @@ def test_run_options_are_taken_as_typed_and_bad_yaml_is_one_line(tmp_path):
         load_config(overrides=["corpus=[a"])
     res = CliRunner().invoke(app, ["config", "--set", "corpus=[a"])
     assert res.exit_code != 0 and "not valid YAML" in str(res.exception)
+
+
+def test_run_summary_of_a_resumed_run_lists_every_iteration(tmp_path, capsys):
+    """A run resumed at iteration 2 returns only iterations 2 and 3; the printed table still
+    numbers them 2 and 3 and shows 0 and 1 from the run state."""
+    from gae.config import load_config
+    from gae.runstate import RunState
+    from gae.summary import print_run_summary
+
+    cfg = load_config(preset="smoke", values={"data_dir": str(tmp_path), "run_name": "demo"})
+    st = RunState(run_name="demo", run_id="demo-1", config_hash="x", last_completed_iteration=3)
+    st.history = [
+        {"iteration": i, "eval/reward/mean": 0.1 * (i + 1), "timing_s/iteration": 1.0} for i in range(4)
+    ]
+    (tmp_path / "runs").mkdir()
+    st.save(tmp_path / "runs")
+    resumed = [{"iteration": i, "eval/reward/mean": 0.1 * (i + 1)} for i in (2, 3)]
+    print_run_summary({"run_id": "demo-1", "iterations": resumed, "base": {"eval_reward": 0.05}}, cfg)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "2", "3"]
+    assert "0.0500 before PPO -> 0.4000 after" in out
