@@ -65,6 +65,7 @@ def rl_iteration(
         seed=cfg["seed"] * 100_003 + iteration,
         out_dir=str(it_dir / "batch"),
         device=cfg["device"],
+        corpus=base.get("corpus"),
     )
     scores_path = clock("reward", score_rollouts, batch_dir, cfg["rewards"])
     adv = clock(
@@ -114,6 +115,7 @@ def rl_iteration(
         cfg["rewards"],
         cfg["eval"],
         cfg["device"],
+        corpus=base.get("corpus"),
     )
     metrics = {**trained["metrics"], **{f"eval/{k}/mean": v for k, v in ev["components"].items()}}
     metrics["eval/reward/mean"] = ev["reward_mean"]
@@ -160,7 +162,10 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     logger = get_run_logger()
     with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"):
         summary = ingest_task(data_dir, config.corpus, cfg["ingest"], skip_unchanged=True)
-        base = pretrain_task(data_dir, cfg["model"], cfg["pretrain"], device=config.device)
+        # the run's own corpus: a data directory may also hold corpora of earlier runs
+        corpus = summary.get("corpus_id")
+        base = pretrain_task(data_dir, cfg["model"], cfg["pretrain"], device=config.device, corpus=corpus)
+        base = {**base, "corpus": corpus}
         run = start_run(data_dir, cfg, resume=config.resume)
         logger.info(
             "run %s (%s), iterations %d..%d",
@@ -176,7 +181,13 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
             if run["start_iteration"] == 0:
                 # The pretrained policy's eval reward: the number every iteration is compared with.
                 ev = evaluate_policy_task(
-                    data_dir, base["model_dir"], base["tokenizer"], cfg["rewards"], cfg["eval"], config.device
+                    data_dir,
+                    base["model_dir"],
+                    base["tokenizer"],
+                    cfg["rewards"],
+                    cfg["eval"],
+                    config.device,
+                    corpus=corpus,
                 )
                 base = {**base, "eval_reward": ev["reward_mean"]}
                 log_iteration(

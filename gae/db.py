@@ -251,17 +251,33 @@ def run_query(
 # ---------------------------------------------------------------- corpus access
 
 
+# Documents of one corpus (`corpus_sources`, recorded by the pipeline's ingest task).
+_IN_CORPUS = (
+    "document_id in (select d.document_id from documents as d join corpus_sources as c "
+    "on c.source_uri = d.source_uri where c.fingerprint = $corpus)"
+)
+
+
 def fetch_prompts(
-    con: duckdb.DuckDBPyConnection, *, split: str, limit: int | None = None, seed: int | None = None
+    con: duckdb.DuckDBPyConnection,
+    *,
+    split: str,
+    limit: int | None = None,
+    seed: int | None = None,
+    corpus: str | None = None,
 ) -> list[dict]:
-    """Prompts of a split as dicts (prompt_id, prompt, reference), ordered by id, or a seeded sample."""
+    """Prompts of a split as dicts (prompt_id, prompt, reference), ordered by id, or a seeded
+    sample; with `corpus` (a corpus id from the ingest task) only that corpus's prompts."""
     _check_split(split)
     # md5 rather than DuckDB's hash(): stable across DuckDB versions, so a seed means the same sample.
     order = "prompt_id" if seed is None else "md5(prompt_id || ':' || $seed), prompt_id"
     # The ids are picked from prompt_spans before the view resolves any text: the view joins
     # documents and cuts substrings, which for a whole split costs seconds on a large corpus.
-    pick = f"select prompt_id from prompt_spans where split = $split order by {order}"
+    scope = f" and {_IN_CORPUS}" if corpus is not None else ""
+    pick = f"select prompt_id from prompt_spans where split = $split{scope} order by {order}"
     params: dict = {"split": split}
+    if corpus is not None:
+        params["corpus"] = corpus
     if seed is not None:
         params["seed"] = str(int(seed))
     if limit is not None:
@@ -272,12 +288,13 @@ def fetch_prompts(
     return [{"prompt_id": r[0], "prompt": r[1], "reference": r[2]} for r in rows]
 
 
-def corpus_texts(con: duckdb.DuckDBPyConnection, *, split: str) -> list[str]:
-    """Document texts of a split, in document id order (a hash, so sources are interleaved)."""
+def corpus_texts(con: duckdb.DuckDBPyConnection, *, split: str, corpus: str | None = None) -> list[str]:
+    """Document texts of a split, in document id order (a hash, so sources are interleaved);
+    with `corpus` only that corpus's documents."""
     _check_split(split)
-    rows = con.execute(
-        "select text from documents where split = $split order by document_id", {"split": split}
-    )
+    scope = f" and {_IN_CORPUS}" if corpus is not None else ""
+    params = {"split": split, **({"corpus": corpus} if corpus is not None else {})}
+    rows = con.execute(f"select text from documents where split = $split{scope} order by document_id", params)
     return [r[0] for r in rows.fetchall()]
 
 

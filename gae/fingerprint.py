@@ -45,3 +45,27 @@ def record(con, fingerprint: str, ingest_id: str, summary: dict) -> None:
         "insert or replace into corpus_fingerprints (fingerprint, ingest_id, summary) values ($f, $i, $s)",
         {"f": fingerprint, "i": ingest_id, "s": json.dumps(summary, default=str)},
     )
+
+
+def record_sources(con, fingerprint: str, source_uris: list[str]) -> None:
+    """The source files of the corpus `fingerprint` (replacing any recorded before), in one
+    transaction: what `gae.db.corpus_texts` and `fetch_prompts` scope a run to."""
+    con.execute("begin")
+    try:
+        con.execute("delete from corpus_sources where fingerprint = $f", {"f": fingerprint})
+        con.execute(
+            "insert into corpus_sources select $f, unnest($u::varchar[])",
+            {"f": fingerprint, "u": list(dict.fromkeys(source_uris))},
+        )
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+
+
+def has_sources(con, fingerprint: str) -> bool:
+    return bool(
+        con.execute(
+            "select count(*) from corpus_sources where fingerprint = $f", {"f": fingerprint}
+        ).fetchall()[0][0]
+    )

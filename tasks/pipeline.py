@@ -76,9 +76,11 @@ def evaluate_policy_task(
     reward_cfg: dict,
     eval_cfg: dict,
     device: str = "auto",
+    corpus: str | None = None,
 ) -> dict:
     """Mean reward of the policy at `policy_dir` on the held-out eval prompts (same prompts
-    and seed every iteration). Returns the EvalResult as a dict."""
+    and seed every iteration; of the run's corpus when `corpus` is given). Returns the
+    EvalResult as a dict."""
     from gae import db
     from gae.device import resolve_device
     from gae.evaluate import evaluate_policy
@@ -88,7 +90,9 @@ def evaluate_policy_task(
 
     con = db.connect(data_dir, read_only=True)
     try:
-        prompts = db.fetch_prompts(con, split="eval", limit=eval_cfg["n_prompts"], seed=eval_cfg["seed"])
+        prompts = db.fetch_prompts(
+            con, split="eval", limit=eval_cfg["n_prompts"], seed=eval_cfg["seed"], corpus=corpus
+        )
         if not prompts:
             # A corpus of a handful of documents can leave the eval split empty (it is drawn by
             # document id hash); evaluating on a fixed sample of train prompts still compares
@@ -96,7 +100,9 @@ def evaluate_policy_task(
             get_run_logger().warning(
                 "no eval prompts in the corpus; evaluating on a fixed sample of train prompts"
             )
-            prompts = db.fetch_prompts(con, split="train", limit=eval_cfg["n_prompts"], seed=eval_cfg["seed"])
+            prompts = db.fetch_prompts(
+                con, split="train", limit=eval_cfg["n_prompts"], seed=eval_cfg["seed"], corpus=corpus
+            )
     finally:
         con.close()
     dev = resolve_device(device)

@@ -41,7 +41,9 @@ def model_key(model_cfg: dict, pretrain_cfg: dict, train_texts: list[str], eval_
 
 
 @task(name="pretrain")
-def pretrain_task(data_dir: str, model_cfg: dict, pretrain_cfg: dict, *, device: str = "auto") -> dict:
+def pretrain_task(
+    data_dir: str, model_cfg: dict, pretrain_cfg: dict, *, device: str = "auto", corpus: str | None = None
+) -> dict:
     """Pretrain on the corpus's train split (eval split for perplexity); return paths and metrics.
 
     model_cfg / pretrain_cfg: a `gae.models.ModelConfig` / `gae.pretrain.PretrainConfig` as dicts.
@@ -59,8 +61,9 @@ def pretrain_task(data_dir: str, model_cfg: dict, pretrain_cfg: dict, *, device:
     dd = DataDir.resolve(data_dir).ensure()
     con = db.connect(dd, read_only=True)
     try:
-        train_texts = db.corpus_texts(con, split="train")
-        eval_texts = db.corpus_texts(con, split="eval")
+        # corpus: the run's own corpus (an id from the ingest task), not every corpus ever ingested here
+        train_texts = db.corpus_texts(con, split="train", corpus=corpus)
+        eval_texts = db.corpus_texts(con, split="eval", corpus=corpus)
     finally:
         con.close()
     if not train_texts:

@@ -31,13 +31,15 @@ def _read_prompts_file(path: str) -> list[dict]:
     return rows
 
 
-def _fetch_prompts(data_dir: str, *, split: str, n_prompts: int | None, seed: int, prompt_ids) -> list[dict]:
+def _fetch_prompts(
+    data_dir: str, *, split: str, n_prompts: int | None, seed: int, prompt_ids, corpus: str | None = None
+) -> list[dict]:
     from gae import db
 
     con = db.connect(data_dir, read_only=True)
     try:
         if prompt_ids is None:
-            return db.fetch_prompts(con, split=split, limit=n_prompts, seed=seed)
+            return db.fetch_prompts(con, split=split, limit=n_prompts, seed=seed, corpus=corpus)
         rows = con.execute(
             "select prompt_id, prompt, reference from prompts where list_contains($ids, prompt_id) order by prompt_id",
             {"ids": [str(i) for i in prompt_ids]},
@@ -67,13 +69,15 @@ def rollout_task(
     prompt_ids: list[str] | None = None,
     prompts_path: str | None = None,
     device: str = "auto",
+    corpus: str | None = None,
 ) -> str:
     """Generate rollouts and save a `gae.batch.RolloutBatch` to `out_dir`; return `out_dir`.
 
     Prompts: `prompts_path` (JSON list or JSON lines of {prompt_id, prompt, reference}), else
     `prompt_ids` from DuckDB, else a sample of `n_prompts` from `split` seeded by `seed`.
     `seed` also seeds sampling (it replaces rollout_cfg["seed"]), so an iteration's seed
-    decides both which prompts and which samples.
+    decides both which prompts and which samples. `corpus` (an id from the ingest task) limits
+    the sample to that corpus's prompts.
     """
     from gae.device import resolve_device
     from gae.models import load_model
@@ -86,7 +90,9 @@ def rollout_task(
     else:
         if data_dir is None:
             raise ValueError("rollout: give data_dir (DuckDB prompts) or prompts_path")
-        prompts = _fetch_prompts(data_dir, split=split, n_prompts=n_prompts, seed=seed, prompt_ids=prompt_ids)
+        prompts = _fetch_prompts(
+            data_dir, split=split, n_prompts=n_prompts, seed=seed, prompt_ids=prompt_ids, corpus=corpus
+        )
     if not prompts:
         raise ValueError(f"rollout: no prompts found (split={split!r}, n_prompts={n_prompts})")
     key = {
