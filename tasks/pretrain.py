@@ -29,9 +29,20 @@ def _logger():
         return logging.getLogger("gae.pretrain")
 
 
+# Settings that do not change the finished model: a change must not cost a retrain.
+NOT_IN_KEY = ("checkpoint_interval",)
+
+
 def model_key(model_cfg: dict, pretrain_cfg: dict, train_texts: list[str], eval_texts: list[str]) -> str:
     h = hashlib.sha256()
+    pretrain_cfg = {k: v for k, v in pretrain_cfg.items() if k not in NOT_IN_KEY}
     h.update(json.dumps({"model": model_cfg, "pretrain": pretrain_cfg}, sort_keys=True).encode())
+    if model_cfg.get("arch") == "hf" and model_cfg.get("hf_path"):
+        # the checkpoint's files, not only its path: replacing a checkpoint in place trains anew
+        root = Path(model_cfg["hf_path"]).expanduser()
+        for f in sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []:
+            st = f.stat()
+            h.update(f"\x1d{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
     for split, texts in (("train", train_texts), ("eval", eval_texts)):
         h.update(f"\x1e{split}:{len(texts)}".encode())
         for t in texts:

@@ -132,3 +132,27 @@ def test_pretrain_task_from_duckdb_is_cached(tmp_path):
     assert first["model_dir"].startswith(str(tmp_path / "data" / "models" / "gpt-"))
     load_model(first["model_dir"])
     load_tokenizer(first["tokenizer"])
+
+
+def test_pretrain_cache_key_follows_what_changes_the_model(tmp_path):
+    """checkpoint_interval does not change the finished model (no retrain); the corpus, the
+    config and, for a local HF checkpoint, its files do (a checkpoint replaced in place)."""
+    import os
+
+    from tasks.pretrain import model_key
+
+    m, p = {"arch": "gpt", "n_layer": 2}, {"steps": 10, "checkpoint_interval": 0}
+    base = model_key(m, p, ["a b"], ["c"])
+    assert base == model_key(m, {**p, "checkpoint_interval": 5}, ["a b"], ["c"])
+    assert base != model_key(m, {**p, "steps": 11}, ["a b"], ["c"])
+    assert base != model_key(m, p, ["a b", "d"], ["c"])
+    assert base != model_key(m, p, ["a b"], [])
+    hf = tmp_path / "ckpt"
+    hf.mkdir()
+    (hf / "model.safetensors").write_bytes(b"x" * 10)
+    mh = {"arch": "hf", "hf_path": str(hf)}
+    k1 = model_key(mh, p, ["a"], [])
+    assert k1 == model_key(mh, p, ["a"], [])
+    (hf / "model.safetensors").write_bytes(b"y" * 11)
+    os.utime(hf / "model.safetensors", ns=(1, 2))
+    assert model_key(mh, p, ["a"], []) != k1
