@@ -84,7 +84,22 @@ def main(argv=None) -> int:
         n = B * T
         kr, kv, km = torch.empty_like(r), torch.empty_like(v), torch.empty_like(m)
         ka, kq = torch.empty_like(r), torch.empty_like(r)
-        adv, _ = compute_gae(r, v, m, gamma=GAMMA, lam=LAM)
+        adv, ret = compute_gae(r, v, m, gamma=GAMMA, lam=LAM)
+        # What is timed must be right: the fast paths against the plain reference loop on rows of
+        # this batch (the whole batch when small), before any timing.
+        rows_checked = slice(None) if n <= 1_000_000 else slice(0, 64)
+        ref_a, ref_r = compute_gae(
+            r[rows_checked].double(),
+            v[rows_checked].double(),
+            m[rows_checked],
+            gamma=GAMMA,
+            lam=LAM,
+            backend="reference",
+        )
+        torch.testing.assert_close(adv[rows_checked].double(), ref_a, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ret[rows_checked].double(), ref_r, atol=1e-4, rtol=1e-4)
+        _, _, (code, _, _) = gae_cpu(r, v, m, lv, GAMMA, LAM, out=(ka, kq))
+        assert code == 0 and torch.equal(ka, adv) and torch.equal(kq, ret), "out= path differs"
 
         def gae_out():
             _, _, (code, _, _) = gae_cpu(r, v, m, lv, GAMMA, LAM, out=(ka, kq))
