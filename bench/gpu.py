@@ -5,7 +5,11 @@ iteration of the smoke preset split by stage, and the device-to-host copies of a
     python bench/gpu.py                                   # on a CUDA machine: writes bench/RESULTS-gpu.md
     python bench/gpu.py --cpu-dry-run --out /tmp/gpu.md   # the same code paths on CPU, tiny sizes
 
-Sections (each measured in this run; CUDA events or torch.cuda.synchronize around every
+The two CPU baselines of the "faster than the CPU" targets (CPU_SMOKE_STEP_S, CPU_STAGES_S)
+are constants measured on the 2-core CPU machine, since the target is relative to that machine;
+everything else is measured in this run.
+
+Sections (CUDA events or torch.cuda.synchronize around every
 timing, warm-up calls first, medians):
 
 1. copy: device-to-device `dst.copy_(src)` of a large buffer; bandwidth = bytes read + written.
