@@ -251,11 +251,9 @@ def run_query(
 # ---------------------------------------------------------------- corpus access
 
 
-# Documents of one corpus (`corpus_sources`, recorded by the pipeline's ingest task).
-_IN_CORPUS = (
-    "document_id in (select d.document_id from documents as d join corpus_sources as c "
-    "on c.source_uri = d.source_uri where c.fingerprint = $corpus)"
-)
+# Documents of one corpus: those its ingest read, new or already stored (`ingest_documents`);
+# a corpus id is that ingest's id (the pipeline's ingest task returns it as `corpus_id`).
+_IN_CORPUS = "document_id in (select document_id from ingest_documents where ingest_id = $corpus)"
 
 
 def fetch_prompts(
@@ -267,7 +265,7 @@ def fetch_prompts(
     corpus: str | None = None,
 ) -> list[dict]:
     """Prompts of a split as dicts (prompt_id, prompt, reference), ordered by id, or a seeded
-    sample; with `corpus` (a corpus id from the ingest task) only that corpus's prompts."""
+    sample; with `corpus` (an ingest id, the ingest task's `corpus_id`) only that corpus's prompts."""
     _check_split(split)
     # md5 rather than DuckDB's hash(): stable across DuckDB versions, so a seed means the same sample.
     order = "prompt_id" if seed is None else "md5(prompt_id || ':' || $seed), prompt_id"

@@ -47,25 +47,11 @@ def record(con, fingerprint: str, ingest_id: str, summary: dict) -> None:
     )
 
 
-def record_sources(con, fingerprint: str, source_uris: list[str]) -> None:
-    """The source files of the corpus `fingerprint` (replacing any recorded before), in one
-    transaction: what `gae.db.corpus_texts` and `fetch_prompts` scope a run to."""
-    con.execute("begin")
-    try:
-        con.execute("delete from corpus_sources where fingerprint = $f", {"f": fingerprint})
-        con.execute(
-            "insert into corpus_sources select $f, unnest($u::varchar[])",
-            {"f": fingerprint, "u": list(dict.fromkeys(source_uris))},
-        )
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
-
-
-def has_sources(con, fingerprint: str) -> bool:
+def has_documents(con, ingest_id: str) -> bool:
+    """Whether `ingest_documents` lists the documents `ingest_id` read (not for an ingest made
+    before that table existed)."""
     return bool(
         con.execute(
-            "select count(*) from corpus_sources where fingerprint = $f", {"f": fingerprint}
+            "select count(*) from ingest_documents where ingest_id = $i", {"i": ingest_id}
         ).fetchall()[0][0]
     )

@@ -24,9 +24,9 @@ def ingest_task(
     modification times and options; `gae.fingerprint`), return the recorded summary with
     `skipped: True` instead of reading the files again.
 
-    The result's `corpus_id` (the corpus fingerprint) names the corpus's source files in
-    `corpus_sources`: pretraining and prompt sampling take it to read this corpus only, not
-    every corpus the data directory has held.
+    The result's `corpus_id` (the id of the ingest that read this corpus) names its documents
+    in `ingest_documents`: pretraining and prompt sampling take it to read exactly this corpus,
+    not every corpus the data directory has held.
     """
     from gae import db, fingerprint
     from gae.ingest import IngestConfig, ingest
@@ -37,13 +37,13 @@ def ingest_task(
         con = db.connect(data_dir, views=False)
         try:
             seen = fingerprint.lookup(con, fp)
-            # a database from before corpus_sources existed: read the files once more to record them
-            scoped = seen is not None and fingerprint.has_sources(con, fp)
+            # an ingest from before ingest_documents existed: read the files once more to list them
+            scoped = seen is not None and fingerprint.has_documents(con, seen["ingest_id"])
         finally:
             con.close()
         if seen is not None and scoped:
             get_run_logger().info("corpus unchanged since ingest %s: skipped", seen["ingest_id"])
-            return {**seen, "skipped": True, "corpus_id": fp}
+            return {**seen, "skipped": True, "corpus_id": seen["ingest_id"]}
     summary = ingest(paths, data_dir=data_dir, options=cfg)
     get_run_logger().info("%s", summary.render())
     # per-file rows stay in the database (`gae query ingests`); the result keeps the totals
@@ -51,7 +51,6 @@ def ingest_task(
     con = db.connect(data_dir, views=False)
     try:
         fingerprint.record(con, fp, out["ingest_id"], out)
-        fingerprint.record_sources(con, fp, [s.source for s in summary.sources])
     finally:
         con.close()
-    return {**out, "skipped": False, "corpus_id": fp}
+    return {**out, "skipped": False, "corpus_id": out["ingest_id"]}

@@ -61,6 +61,8 @@ class _Writer:
             "create or replace temp table _pending_documents as select document_id, source_uri, line, record, "
             "content_hash, text, n_chars, metadata, split from documents limit 0"
         )
+        # every accepted record's document, new or a duplicate of a stored one (ingest_documents)
+        self.con.execute("create or replace temp table _pending_ingest_docs (document_id varchar)")
         self.con.execute(
             "create or replace temp table _pending_prompts as select prompt_id, document_id, prompt_start, "
             "prompt_len, reference_start, reference_len, prompt, reference, split, origin from prompt_spans limit 0"
@@ -70,8 +72,13 @@ class _Writer:
         """Write the staged documents and prompts; the caller commits."""
         _exec(self.con, "flush_documents", self.params)
         _exec(self.con, "flush_prompts", self.params)
+        self.con.execute(
+            "insert into ingest_documents select distinct $i, document_id from _pending_ingest_docs",
+            {"i": self.ingest_id},
+        )
         self.con.execute("drop table _pending_documents")
         self.con.execute("drop table _pending_prompts")
+        self.con.execute("drop table _pending_ingest_docs")
 
     def add(
         self, chunk: pa.Table, source_uri: str, files: dict[str, FileSummary], by_reason: dict[str, int]
@@ -98,6 +105,9 @@ class _Writer:
             con.execute("drop view if exists _chunk")
             con.unregister("_chunk_src")
         _exec(con, "insert_errors", params)
+        con.execute(
+            "insert into _pending_ingest_docs select left(content_hash, 16) from _classified where reason is null"
+        )
         _exec(con, "select_new", params)
         counts = con.execute(
             """select c.source, c.reason, count(*), count(n.document_id)
