@@ -236,15 +236,25 @@ def _yaml_lines(model: BaseModel, values: dict, indent: int) -> list[str]:
             lines.append(f"{pad}{name}:")
             lines += _yaml_lines(sub, value, indent + 2)
             continue
-        if isinstance(value, str) and not value.isprintable():
-            # a JSON string is a YAML double-quoted scalar: "\n\n" stays on one line, escaped
+        if _has_unprintable(value):
+            # JSON is YAML (flow style): "\n", NEL and other control characters stay escaped
             import json
 
-            lines.append(f"{pad}{name}: {json.dumps(value, ensure_ascii=False)}")
+            lines.append(f"{pad}{name}: {json.dumps(value, ensure_ascii=True)}")
             continue
         text = yaml.safe_dump({name: value}, sort_keys=False, allow_unicode=True, width=1000).rstrip("\n")
         lines += [pad + line for line in text.split("\n")]
     return lines
+
+
+def _has_unprintable(value) -> bool:
+    if isinstance(value, str):
+        return not value.isprintable()
+    if isinstance(value, list | tuple):
+        return any(_has_unprintable(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_unprintable(k) or _has_unprintable(v) for k, v in value.items())
+    return False
 
 
 def _wrap(text: str, width: int) -> list[str]:

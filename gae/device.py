@@ -85,8 +85,8 @@ class HostCopy:
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
-        self._event = None
         self._out: dict[str, torch.Tensor] = {}
+        devices: list[torch.device] = []
         for name, t in tensors.items():
             t = t.detach()
             _record(name, t)
@@ -95,19 +95,23 @@ class HostCopy:
                 continue
             cuda = t.device.type == "cuda"
             dst = torch.empty(t.shape, dtype=t.dtype, pin_memory=cuda)
-            # non_blocking only into pinned memory on CUDA, where the event below orders it
+            # non_blocking only into pinned memory on CUDA, where an event below orders it
             dst.copy_(t, non_blocking=cuda)
             self._out[name] = dst
-            if cuda and self._event is None:
-                self._event = torch.cuda.Event()
-        if self._event is not None:
-            self._event.record()  # after the last copy queued on the current stream
-        self._done = self._event is None
+            if cuda and t.device not in devices:
+                devices.append(t.device)
+        # one event per source device, after the last copy on that device's current stream (the
+        # stream the copy ran on, whichever device is current here)
+        self._events = []
+        for dev in devices:
+            ev = torch.cuda.Event()
+            ev.record(torch.cuda.current_stream(dev))
+            self._events.append(ev)
 
     def wait(self) -> dict[str, torch.Tensor]:
-        if not self._done:
-            self._event.synchronize()
-            self._done = True
+        for ev in self._events:
+            ev.synchronize()
+        self._events = []
         return dict(self._out)
 
 

@@ -284,9 +284,8 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
         "logprobs": torch.cat([_pad_to(c["logprobs"], T, 0.0, left=False) for c in chunks]),
     }
     finish = [f for c in chunks for f in c["finish_reasons"]]
-    # The response tokens go to the host once, to decode the text: queued without waiting, so
-    # the host goes on launching the scoring passes below; the batch keeps these copies for its
-    # save (the store's copy).
+    # The response tokens go to the host once, to decode the text after the scoring passes; the
+    # batch keeps these copies for its save (the store's copy), so they are not copied again.
     tokens_home = to_host({"response_tokens": cat["response_tokens"], "action_mask": cat["action_mask"]})
     _sync(device)
     timing = {"gen": time.perf_counter() - started, "values": 0.0, "ref": 0.0}

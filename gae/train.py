@@ -274,9 +274,11 @@ def ppo_update(
     if cfg.score_before_update:
         with torch.no_grad():
             for idx in torch.arange(B, device=device).tensor_split(n_mb):
-                with autocast(device, bf16=cfg.bf16):
-                    lp, _, _ = _score(score_fn, model, batch, idx, compute_entropy=False)
-                train_logprobs[idx] = lp.float()
+                # in micro batches too: the pre-pass must fit wherever the update does
+                for mi in idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,):
+                    with autocast(device, bf16=cfg.bf16):
+                        lp, _, _ = _score(score_fn, model, batch, mi, compute_entropy=False)
+                    train_logprobs[mi] = lp.float()
     metrics["timing_s/old_log_prob"] = time.perf_counter() - t0
 
     scored = torch.zeros(B, dtype=torch.bool, device=device)  # rows with train_logprobs

@@ -91,7 +91,7 @@ def test_config_prints_commented_yaml_that_run_reads_back(tmp_path):
     every field's description above it; `--json` is the same values; a bad value is refused."""
     import yaml
 
-    from gae.config import load_config
+    from gae.config import load_config, to_yaml
 
     _register_all()
     args = ["config", "--preset", "smoke", "--set", "ppo.epochs=3", "--set", 'corpus=["a b.txt"]']
@@ -103,6 +103,10 @@ def test_config_prints_commented_yaml_that_run_reads_back(tmp_path):
     got = load_config(path=path)  # on top of the default preset: the file fixes every value
     assert got == want and got.ppo.epochs == 3 and got.corpus == ["a b.txt"]
     assert got.ingest.list_joiner == "\n"  # an escaped string survives the round trip
+    # so do control characters YAML would fold (NEL), in a string and inside a list
+    odd = load_config(values={"data_dir": "x\x85y", "corpus": ["a\x85b", "c"]})
+    path.write_text(to_yaml(odd))
+    assert load_config(path=path) == odd
     assert "# PPO iterations.\niterations: 2\n" in res.output
     assert "  # Passes over the iteration's rollouts (PPO epochs).\n  epochs: 3\n" in res.output
     js = CliRunner().invoke(app, [*args, "--json"])

@@ -379,3 +379,15 @@ def test_hf_output_layer_wider_than_tokenizer_never_yields_unknown_ids(tmp_path)
         compute_entropy=True,
     )
     assert torch.isfinite(scored.logprobs).all() and torch.isfinite(scored.entropy).all()
+
+
+def test_time_features_saturate_instead_of_repeating():
+    """The sin/cos features repeat every 2 * block_size steps; a GRU or HF model can run longer,
+    so later steps keep the last distinct features instead of looking like early ones."""
+    m = build_model(ModelConfig.preset("tiny", arch="gru", value_time_features=4), V)
+    bs = m.cfg.block_size
+    steps = [10, 2 * bs - 1, 2 * bs + 10, 5 * bs]
+    L = max(steps) + 1
+    f = m.time_features(torch.zeros(1, L, 8), torch.ones(1, L, dtype=torch.bool), 0)[0]
+    assert not torch.allclose(f[10], f[2 * bs + 10], atol=1e-3)  # would coincide without the cap
+    assert torch.equal(f[2 * bs + 10], f[2 * bs - 1]) and torch.equal(f[5 * bs], f[2 * bs - 1])

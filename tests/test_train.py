@@ -605,3 +605,23 @@ def test_early_stop_without_a_prepass_still_scores_every_row():
     mask = batch.action_mask
     assert bool((lp[mask] < 0).all()), lp  # every action token has a real log-probability
     assert bool((lp[~mask] == 0).all())
+
+
+def test_micro_batches_bound_every_forward_pass_including_the_scoring_prepass():
+    """micro_batch_rows bounds the rows of every forward pass: the no-grad pre-pass that scores
+    the batch before the first step as well as the update's passes."""
+    from gae.models import score_responses as real_score
+
+    model = tiny_model(11)
+    batch = synthetic_batch(model, B=10, seed=12)
+    _, _, adv, ret = advantages_of(batch)
+    seen = []
+
+    def score_fn(m, pt, *args, **kw):
+        seen.append((pt.shape[0], torch.is_grad_enabled()))
+        return real_score(m, pt, *args, **kw)
+
+    cfg = PPOConfig(epochs=1, minibatches=2, micro_batch_rows=2)
+    ppo_update(model, build_optimizer(model, cfg), batch, adv, ret, cfg, score_fn=score_fn)
+    assert seen and max(rows for rows, _ in seen) <= 2
+    assert {grad for _, grad in seen} == {False, True}  # both the pre-pass and the update ran

@@ -34,9 +34,7 @@ def _start_local_server(port: int) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        cron: str = typer.Option(
-            "0 3 * * *", help="Schedule of rl-pipeline/nightly (cron, in UTC)."
-        ),
+        cron: str = typer.Option("0 3 * * *", help="Schedule of rl-pipeline/nightly (cron, in UTC)."),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML config for the nightly run."),
         preset: str = typer.Option("default", help="Preset the nightly run starts from."),
         data_dir: Path | None = typer.Option(

@@ -96,7 +96,11 @@ class ActorCritic(nn.Module):
             step = attention_mask.long().cumsum(1) - 1  # (B, L)
         else:
             step = (torch.arange(L, device=hidden.device) - response_start).expand(B, L)
-        x = step.clamp(min=0).to(torch.float32) / float(self.cfg.block_size)
+        # the features repeat every 2 * block_size steps: later steps saturate at the last
+        # distinct one (only GRU and HF models, not capped at block_size, can get there), so
+        # a late state never looks like an early one
+        top = 2 * int(self.cfg.block_size) - 1
+        x = step.clamp(min=0, max=top).to(torch.float32) / float(self.cfg.block_size)
         k = torch.arange(1, self.n_time + 1, device=hidden.device, dtype=torch.float32)
         ang = torch.pi * x[..., None] * k  # (B, L, n_time)
         return torch.cat([ang.sin(), ang.cos()], -1).to(hidden.dtype)
