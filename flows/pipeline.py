@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 
 from gae.config import PipelineConfig
 from tasks.advantages import compute_advantages
+from tasks.distributed import stage_tasks, start_workers, stop_workers
 from tasks.ingest import ingest_task
 from tasks.pipeline import (
     complete_iteration,
@@ -22,10 +23,6 @@ from tasks.pipeline import (
 )
 from tasks.pretrain import pretrain_task
 from tasks.register import register_policy
-from tasks.rewards import score_rollouts
-from tasks.rollout import rollout_task
-from tasks.store import fill_train_logprobs, store_iteration
-from tasks.train import train_iteration
 
 
 class _Clock:
@@ -44,18 +41,27 @@ class _Clock:
 
 @flow(name="rl-iteration", log_prints=True)
 def rl_iteration(
-    cfg: dict, data_dir: str, run: dict, iteration: int, base: dict, policy_dir: str, kl_coef: float
+    cfg: dict,
+    data_dir: str,
+    run: dict,
+    iteration: int,
+    base: dict,
+    policy_dir: str,
+    kl_coef: float,
+    pool: str | None = None,
 ) -> dict:
-    """One PPO iteration; returns the new checkpoint, the next KL coefficient and the metrics."""
+    """One PPO iteration; returns the new checkpoint, the next KL coefficient and the metrics.
+    With a worker pool (`cluster.executor: ray`) the stages are their sharded twins."""
     from gae.paths import DataDir
 
     dd = DataDir.resolve(data_dir)
     it_dir = dd.iteration_dir(run["run_id"], iteration)
     stage = str(it_dir / "stage")  # store files wait here until the iteration is complete
     clock = _Clock()
+    run_ = stage_tasks(pool, iteration, cfg.get("cluster"))
     batch_dir = clock(
         "rollout",
-        rollout_task,
+        run_.rollout,
         data_dir,
         policy_dir,
         base["model_dir"],
@@ -67,7 +73,7 @@ def rl_iteration(
         device=cfg["device"],
         corpus=base.get("corpus"),
     )
-    scores_path = clock("reward", score_rollouts, batch_dir, cfg["rewards"])
+    scores_path = clock("reward", run_.reward, batch_dir, cfg["rewards"])
     adv = clock(
         "adv",
         compute_advantages,
@@ -80,7 +86,7 @@ def rl_iteration(
     )
     stored = clock(
         "store",
-        store_iteration,
+        run_.store,
         stage,
         run["run_id"],
         iteration,
@@ -91,7 +97,7 @@ def rl_iteration(
     )
     trained = clock(
         "update",
-        train_iteration,
+        run_.update,
         data_dir,
         run["run_id"],
         iteration,
@@ -105,7 +111,7 @@ def rl_iteration(
         total_iterations=cfg["iterations"],
         device=cfg["device"],
     )
-    clock("store", fill_train_logprobs, stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
+    clock("store", run_.fill, stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
     ev = clock(
         "eval",
         evaluate_policy_task,
@@ -177,7 +183,10 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
         policy_dir = run["model_dir"] or base["model_dir"]
         kl_coef = run["kl_coef"] if run["kl_coef"] is not None else config.shaping.kl.coef
         history = []
+        pool = None
         try:
+            if config.cluster.executor == "ray":
+                pool = start_workers(cfg["cluster"], config.device, str(dd.run_dir(run["run_id"])))
             if run["start_iteration"] == 0:
                 # The pretrained policy's eval reward: the number every iteration is compared with.
                 ev = evaluate_policy_task(
@@ -200,7 +209,7 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     label="baseline",
                 )
             for it in range(run["start_iteration"], config.iterations):
-                out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef)
+                out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef, pool)
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
                 history.append(out["metrics"])
             registered = None
@@ -210,6 +219,9 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
         except BaseException:
             finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
             raise
+        finally:
+            if pool is not None:
+                stop_workers(pool)
     return {
         "run_id": run["run_id"],
         "mlflow_run_id": run["mlflow_run_id"],

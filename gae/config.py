@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gae.advantages import Estimator
+from gae.distributed.config import ClusterConfig
 from gae.ingest import IngestConfig
 from gae.models import ModelConfig
 from gae.pretrain import PretrainConfig
@@ -138,6 +139,7 @@ class PipelineConfig(BaseModel):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:

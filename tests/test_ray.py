@@ -1,0 +1,268 @@
+"""`cluster.executor: ray` against the single-process pipeline, on a real local Ray instance.
+
+One Ray instance for the module (loopback only, token auth off, its own temp dir), started
+and stopped here; one pool of 2 workers for the stage tests. Every sharded stage is compared
+with the local task on the same files: rollouts bit for bit (torch.equal on every tensor),
+the score table, the store's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+import torch
+
+from gae.batch import TENSOR_FIELDS, RolloutBatch
+from gae.models import ModelConfig, build_model, save_model
+from gae.tokenizer import load_tokenizer, train_tokenizer
+
+PROMPTS = [
+    {"prompt_id": "a", "prompt": "the quick brown fox jumps over the lazy dog", "reference": "and runs."},
+    {"prompt_id": "b", "prompt": "to be", "reference": "or not to be."},
+    {"prompt_id": "c", "prompt": "hello world and more words here", "reference": None},
+    {"prompt_id": "d", "prompt": "a b c", "reference": "d e f."},
+    {"prompt_id": "e", "prompt": "the fox ran over the hill again and again", "reference": "The end."},
+]
+# 5 prompts x 2 samples = 10 rows in chunks of 4: [0, 4) [4, 8) [8, 10). Worker 0 gets the first
+# two chunks, worker 1 the last, which holds both samples of prompt "e" only: no prompt padding
+# in its own chunk, padding once widened to the batch's P (the case a per-shard merge gets wrong).
+ROLLOUT = {"n_samples": 2, "max_new_tokens": 10, "batch_size": 4, "temperature": 1.0}
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray for this module: 127.0.0.1 only, no token file in the home directory."""
+    from gae.distributed.cluster import import_ray
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray = import_ray(local_start=True)
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _temp_dir=tmp,
+        object_store_memory=100 * 1024 * 1024,
+    )
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A tokenizer, a policy and a different reference (tiny GPTs), and a prompts file."""
+    root = tmp_path_factory.mktemp("assets")
+    texts = [p["prompt"] for p in PROMPTS] * 10 + ["hello world and more words"] * 10
+    tok_path = train_tokenizer(texts, vocab_size=300, out_dir=root / "tok")
+    tok = load_tokenizer(tok_path)
+    dirs = {}
+    for name, seed in (("policy", 0), ("ref", 1)):
+        torch.manual_seed(seed)
+        m = build_model(ModelConfig.preset("tiny"), tok.vocab_size).eval()
+        with torch.no_grad():
+            m.value_head.weight.normal_(0, 0.5)  # non-zero values, so comparing them means something
+        dirs[name] = str(save_model(m, root / name))
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return {"tok": str(tok_path), "prompts": str(prompts), **dirs}
+
+
+@pytest.fixture(scope="module")
+def pool(ray_instance):
+    from gae.distributed.cluster import start_pool
+    from gae.distributed.config import ClusterConfig
+
+    p = start_pool(ClusterConfig(executor="ray", workers=2), device="cpu")
+    yield p
+    p.close()
+
+
+def in_flow(fn, *args, **kwargs):
+    """Run a task (or anything that maps tasks) inside a flow run: the sharded twins map one
+    task run per worker, which needs a flow's task runner."""
+    from prefect import flow
+
+    @flow(name="ray-stage-test")
+    def _run():
+        return fn(*args, **kwargs)
+
+    return _run()
+
+
+def local_rollout(assets, out_dir, **kw):
+    from prefect.logging import disable_run_logger
+
+    from tasks.rollout import rollout_task
+
+    with disable_run_logger():
+        return rollout_task.fn(
+            None, assets["policy"], assets["ref"], assets["tok"], {**ROLLOUT, **kw},
+            out_dir=str(out_dir), prompts_path=assets["prompts"], seed=11, device="cpu",
+        )  # fmt: skip
+
+
+def test_sharded_rollout_is_bit_identical_to_local(prefect_api, pool, assets, tmp_path):
+    """2 workers vs one process, same files and seed: every tensor torch.equal, every list equal."""
+    from tasks.distributed import sharded_rollout
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count (cluster.threads): same summation order
+    try:
+        local = RolloutBatch.load(local_rollout(assets, tmp_path / "local"))
+    finally:
+        torch.set_num_threads(before)
+    out = in_flow(
+        sharded_rollout, None, assets["policy"], assets["ref"], assets["tok"], ROLLOUT,
+        out_dir=str(tmp_path / "ray"), prompts_path=assets["prompts"], seed=11, device="cpu", pool=pool.id,
+        iteration=0,
+    )  # fmt: skip
+    ray_batch = RolloutBatch.load(out)
+    assert [s["rank"] for s in ray_batch.meta["shards"]] == [0, 1]  # both workers sampled
+    for name in TENSOR_FIELDS:
+        a, b = getattr(local, name), getattr(ray_batch, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    for name in ("rollout_ids", "prompt_ids", "prompts", "responses", "references", "finish_reasons"):
+        assert getattr(local, name) == getattr(ray_batch, name), name
+    assert ray_batch.meta["task_key"] == local.meta["task_key"]  # a rerun by either executor reuses it
+    assert not torch.equal(local.logprobs, local.ref_logprobs)  # two different models really ran
+
+
+def test_scoring_shards_at_their_own_widths_would_differ(assets):
+    """Why scoring waits for the batch's widths: the last chunk (one prompt, no padding) scored
+    at its own width takes another attention kernel than at the batch's width, and its
+    log-probs differ from the local batch's. The bit-identity test above would catch that merge."""
+    from gae.distributed.rollout import pad_chunk, plan_rows, sample_chunks, score_chunks, widths
+    from gae.models import load_model
+    from gae.rollout import RolloutConfig
+
+    tok = load_tokenizer(assets["tok"])
+    policy, ref = load_model(assets["policy"]), load_model(assets["ref"])
+    cfg = RolloutConfig(**ROLLOUT, seed=11)
+    plan = plan_rows(PROMPTS, cfg)
+    chunks = [
+        [(plan[r][0], plan[r][2]) for r in range(s, min(s + 4, len(plan)))] for s in range(0, len(plan), 4)
+    ]
+    sampled, _, _ = sample_chunks(policy, tok, PROMPTS, chunks, cfg, device="cpu")
+    P, T = widths(sampled)
+    last = sampled[-1]
+    assert bool(last["prompt_mask"].all()) and last["prompt_tokens"].shape[1] < P
+    at_batch, _ = score_chunks(policy, ref, [pad_chunk(last, P, T, tok.pad_id)], cfg, device="cpu")
+    own_P, own_T = widths([last])
+    at_own, _ = score_chunks(policy, ref, [pad_chunk(last, own_P, own_T, tok.pad_id)], cfg, device="cpu")
+    n = own_T
+    assert not torch.equal(at_batch[0]["scored_logprobs"][:, :n], at_own[0]["scored_logprobs"][:, :n])
+    torch.testing.assert_close(at_batch[0]["scored_logprobs"][:, :n], at_own[0]["scored_logprobs"][:, :n])
+
+
+def test_worker_loads_a_policy_again_only_when_its_files_change(assets, tmp_path):
+    """The worker's model cache, without Ray: same directory and files -> no load."""
+    from gae.distributed.worker import Worker
+    from gae.models import load_model
+
+    pol = tmp_path / "pol"
+    shutil.copytree(assets["policy"], pol)
+    w = Worker(0, 1, threads=1, device="cpu")
+    chunk = [[(0, 1), (0, 2)]]
+    args = ("t", str(pol), assets["tok"], ROLLOUT, PROMPTS[:1], chunk)
+    first = w.sample(*args)
+    w.sample(*args)
+    assert w.loads == 1
+    save_model(load_model(pol), pol)  # same weights, rewritten: a new checkpoint in place
+    again = w.sample(*args)
+    assert w.loads == 2
+    assert torch.equal(first["chunks"][0]["response_tokens"], again["chunks"][0]["response_tokens"])
+
+
+def test_sharded_rewards_and_store_equal_local(prefect_api, pool, assets, tmp_path):
+    """Scores per worker = the local score table; parts written by 2 workers, published, hold
+    exactly the rows the local writer stores (DuckDB over both stores)."""
+    import duckdb
+    from prefect.logging import disable_run_logger
+
+    from gae.rewards import ScoreTable
+    from tasks.advantages import compute_advantages
+    from tasks.distributed import sharded_fill, sharded_rewards, sharded_store
+    from tasks.pipeline import publish_iteration
+    from tasks.rewards import score_rollouts
+    from tasks.store import fill_train_logprobs, store_iteration
+
+    rewards = {
+        "components": [
+            {"name": "chrf", "weight": 0.5},
+            {"name": "length_window", "weight": 0.3, "options": {"min_length": 2, "max_length": 6}},
+            {"name": "sql", "weight": 0.2, "options": {"expression": "response_length > 3"}},
+        ]
+    }
+    batch_dir = local_rollout(assets, tmp_path / "batch")
+    with disable_run_logger():
+        local_scores = ScoreTable.load(score_rollouts.fn(batch_dir, rewards))
+    ray_scores = ScoreTable.load(in_flow(sharded_rewards, batch_dir, rewards, pool=pool.id, iteration=0))
+    assert torch.equal(local_scores.total, ray_scores.total)
+    assert local_scores.weights == ray_scores.weights
+    assert list(local_scores.components) == list(ray_scores.components)
+    for k, v in local_scores.components.items():
+        assert torch.equal(v, ray_scores.components[k]), k
+
+    with disable_run_logger():
+        adv = compute_advantages.fn(batch_dir, str(tmp_path / "batch" / "scores.safetensors"),
+                                    {"estimator": "gae"}, {}, kl_coef=0.05, device="cpu")  # fmt: skip
+    lp = tmp_path / "train_lp.safetensors"
+    from safetensors.torch import save_file
+
+    B, T = RolloutBatch.load(batch_dir).action_mask.shape
+    save_file({"train_logprobs": torch.randn(B, T)}, str(lp))
+    scores = str(tmp_path / "batch" / "scores.safetensors")
+    stores = {}
+    for name in ("local", "ray"):
+        data, stage = tmp_path / name, tmp_path / name / "stage"
+        if name == "local":
+            with disable_run_logger():
+                info = store_iteration.fn(str(stage), "r1", 0, batch_dir, scores, adv["path"], assets["tok"])
+                fill_train_logprobs.fn(str(stage), "r1", 0, batch_dir, str(lp))
+        else:
+            # an earlier attempt with 3 workers left a part-2 in the staging area: it must not survive
+            stale = stage / "tokens" / "run_id=r1" / "iteration=0" / "part-2.parquet"
+            stale.parent.mkdir(parents=True)
+            shutil.copy(
+                tmp_path / "local" / "tokens" / "run_id=r1" / "iteration=0" / "part-0.parquet",
+                stale,
+            )
+            info = in_flow(
+                sharded_store,
+                str(stage),
+                "r1",
+                0,
+                batch_dir,
+                scores,
+                adv["path"],
+                assets["tok"],
+                pool=pool.id,
+            )
+            assert info["parts"] == 2
+            in_flow(sharded_fill, str(stage), "r1", 0, batch_dir, str(lp), pool=pool.id)
+        with disable_run_logger():
+            publish_iteration.fn(str(data), str(stage), "r1", 0)
+        stores[name] = info
+    assert stores["local"]["token_rows"] == stores["ray"]["token_rows"] > 0
+    files = sorted(p.name for p in (tmp_path / "ray" / "tokens" / "run_id=r1" / "iteration=0").iterdir())
+    assert files == ["part-0.parquet", "part-1.parquet"]
+    con = duckdb.connect()
+    for table in ("tokens", "rollouts"):
+        cols = "* exclude (written_at)" if table == "rollouts" else "*"
+        q = "select {c} from read_parquet('{p}/{t}/*/*/*.parquet', hive_partitioning=true) order by rollout_id{pos}"
+        pos = ", position" if table == "tokens" else ""
+        a = con.sql(q.format(c=cols, p=tmp_path / "local", t=table, pos=pos)).fetchall()
+        b = con.sql(q.format(c=cols, p=tmp_path / "ray", t=table, pos=pos)).fetchall()
+        assert a == b and len(a) > 0, table
