@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 
 from gae.config import PipelineConfig
 from tasks.advantages import compute_advantages
-from tasks.distributed import stage_tasks, start_workers, stop_workers
+from tasks.distributed import stage_tasks, worker_pool
 from tasks.ingest import ingest_task
 from tasks.pipeline import (
     complete_iteration,
@@ -166,7 +166,11 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     dd = DataDir.resolve(config.data_dir).ensure()
     data_dir = str(dd.root)
     logger = get_run_logger()
-    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"):
+    with (
+        writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"),
+        # executor=ray: the workers start first, so a cluster problem fails before any work
+        worker_pool(cfg["cluster"], config.device, dd.runs / f"{config.run_name}.workers.json") as pool,
+    ):
         summary = ingest_task(data_dir, config.corpus, cfg["ingest"], skip_unchanged=True)
         # the run's own corpus: a data directory may also hold corpora of earlier runs
         corpus = summary.get("corpus_id")
@@ -183,10 +187,7 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
         policy_dir = run["model_dir"] or base["model_dir"]
         kl_coef = run["kl_coef"] if run["kl_coef"] is not None else config.shaping.kl.coef
         history = []
-        pool = None
         try:
-            if config.cluster.executor == "ray":
-                pool = start_workers(cfg["cluster"], config.device, str(dd.run_dir(run["run_id"])))
             if run["start_iteration"] == 0:
                 # The pretrained policy's eval reward: the number every iteration is compared with.
                 ev = evaluate_policy_task(
@@ -219,9 +220,6 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
         except BaseException:
             finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
             raise
-        finally:
-            if pool is not None:
-                stop_workers(pool)
     return {
         "run_id": run["run_id"],
         "mlflow_run_id": run["mlflow_run_id"],

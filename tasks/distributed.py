@@ -20,6 +20,8 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,19 +31,19 @@ from prefect.cache_policies import NO_CACHE
 
 
 @task(name="start-workers", cache_policy=NO_CACHE)
-def start_workers(cluster_cfg: dict, device: str = "auto", run_dir: str | None = None) -> str:
+def start_workers(cluster_cfg: dict, device: str = "auto", info_path: str | None = None) -> str:
     """Start or join Ray and place the workers (gae.distributed.cluster.start_pool); writes the
-    pool's table (rank, pid, host, device) to `<run_dir>/workers.json`. Returns the pool id."""
+    pool's table (rank, pid, host, device) to `info_path` (JSON). Returns the pool id."""
     from gae.distributed.cluster import start_pool
     from gae.distributed.config import ClusterConfig
     from gae.fsutil import atomic_write_json
 
     t0 = time.perf_counter()
     pool = start_pool(ClusterConfig.model_validate(cluster_cfg), device=device, log=get_run_logger().info)
-    if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    if info_path is not None:
+        Path(info_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
-            Path(run_dir) / "workers.json",
+            info_path,
             {"pool": pool.id, "started_s": round(time.perf_counter() - t0, 3), "workers": pool.infos},
         )
     return pool.id
@@ -54,6 +56,19 @@ def stop_workers(pool: str) -> None:
     found = _POOLS.get(pool)
     if found is not None:
         found.close()
+
+
+@contextmanager
+def worker_pool(cluster_cfg: dict, device: str = "auto", info_path=None) -> Iterator[str | None]:
+    """The run's worker pool id for `cluster.executor: ray` (None for local), stopped on the way out."""
+    if cluster_cfg.get("executor", "local") != "ray":
+        yield None
+        return
+    pool = start_workers(cluster_cfg, device, str(info_path) if info_path is not None else None)
+    try:
+        yield pool
+    finally:
+        stop_workers(pool)
 
 
 @task(name="shard", task_run_name="{stage}[{rank}]", cache_policy=NO_CACHE)

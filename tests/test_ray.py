@@ -266,3 +266,161 @@ def test_sharded_rewards_and_store_equal_local(prefect_api, pool, assets, tmp_pa
         a = con.sql(q.format(c=cols, p=tmp_path / "local", t=table, pos=pos)).fetchall()
         b = con.sql(q.format(c=cols, p=tmp_path / "ray", t=table, pos=pos)).fetchall()
         assert a == b and len(a) > 0, table
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: one clear line
+
+
+def _gae(args, *, preamble="", env=None, timeout=120):
+    import subprocess
+    import sys
+
+    code = f"{preamble}import sys; from gae.cli import main; sys.argv = ['gae', *sys.argv[1:]]; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_refuses_ray_when_it_is_not_installed_standin(tmp_path):
+    """Stand-in for a machine without the ray extra: `import ray` fails in the subprocess."""
+    out = _gae(
+        ["run", "--executor", "ray", "--data-dir", str(tmp_path)],
+        preamble="import sys; sys.modules['ray'] = None; ",
+    )
+    assert out.returncode == 1
+    assert (
+        "error: cluster.executor=ray needs Ray, which is not installed: pip install 'gaeflow[ray]'"
+        in out.stderr
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_refuses_an_unreachable_cluster_address_at_once(tmp_path):
+    port = _closed_port()
+    out = _gae(
+        [
+            "run",
+            "--executor",
+            "ray",
+            "--set",
+            f"cluster.address=127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path),
+        ]
+    )
+    assert out.returncode == 1
+    assert f"cluster.address='127.0.0.1:{port}': no Ray cluster answers at 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_more_gpus_than_the_cluster_has_is_refused(ray_instance):
+    from gae.distributed.cluster import start_pool
+    from gae.distributed.config import ClusterConfig
+
+    cfg = ClusterConfig(executor="ray", workers=2, gpus_per_worker=1)
+    with pytest.raises(
+        ValueError,
+        match=r"asks for 2 GPUs \(2 workers x cluster.gpus_per_worker=1\) but the Ray cluster has 0",
+    ):
+        start_pool(cfg)
+    assert ray_instance.is_initialized()  # a cluster it joined is left running
+
+
+def test_cli_options_set_the_cluster_section():
+    from gae.commands.run import option_values
+    from gae.config import load_config
+
+    cfg = load_config(preset="smoke", values=option_values(None, None, None, None, [], False, "ray", 3))
+    assert (cfg.cluster.executor, cfg.cluster.workers) == ("ray", 3)
+    assert load_config(preset="smoke").cluster.executor == "local"
+
+
+# ---------------------------------------------------------------------------------------
+# the pipeline on Ray: a worker killed mid-iteration, then the same command resumes
+
+
+@pytest.mark.slow
+def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_instance, tmp_path):
+    import signal
+    import threading
+    import time
+
+    import duckdb
+
+    from flows.pipeline import rl_pipeline
+    from gae.config import load_config
+    from gae.distributed.cluster import WorkerDied
+    from tests.test_pipeline import smoke_overrides, write_corpus
+
+    data_dir = tmp_path / "data"
+    cfg = load_config(
+        preset="smoke",
+        overrides=[
+            *smoke_overrides(data_dir, write_corpus(tmp_path / "corpus")),
+            "run_name=killed",
+            "cluster.executor=ray",
+            "cluster.workers=2",
+            "rollout.batch_size=8",  # 16 rows: one chunk per worker
+        ],
+    )
+    runs = data_dir / "runs"
+    killed: dict = {}
+
+    def kill_worker_1_in_iteration_1():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            batches = list(runs.glob("*/iter-00001/batch/batch.json"))
+            if batches and (runs / "killed.workers.json").exists():
+                pid = json.loads((runs / "killed.workers.json").read_text())["workers"][1]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed["pid"] = pid
+            time.sleep(0.01)
+
+    t = threading.Thread(target=kill_worker_1_in_iteration_1, daemon=True)
+    t.start()
+    with pytest.raises(
+        WorkerDied,
+        match=r"Ray worker 1 \(pid \d+ on .*\) died during .* of iteration 1: .*resume from iteration 1",
+    ):
+        rl_pipeline(cfg)
+    t.join(timeout=5)
+    state = json.loads((runs / "killed.state.json").read_text())
+    assert killed and state["last_completed_iteration"] == 0 and state["status"] == "failed"
+
+    result = rl_pipeline(cfg)  # the same command again
+    after = json.loads((runs / "killed.state.json").read_text())
+    assert after["run_id"] == state["run_id"] and after["status"] == "finished"
+    assert [h["iteration"] for h in after["history"]] == [0, 1]
+    assert killed["pid"] not in [
+        w["pid"] for w in json.loads((runs / "killed.workers.json").read_text())["workers"]
+    ]
+    B = cfg.prompts_per_iteration * cfg.rollout.n_samples
+    con = duckdb.connect()
+    tokens, rollouts = (str(data_dir / t / "**" / "*.parquet") for t in ("tokens", "rollouts"))
+    per_it = con.sql(
+        f"select iteration, count(*), count(distinct rollout_id), sum(response_length) from "
+        f"read_parquet('{rollouts}', hive_partitioning=true) group by 1 order by 1"
+    ).fetchall()
+    toks = con.sql(
+        f"select iteration, count(*), count(distinct (rollout_id, position)), count(train_logprob) from "
+        f"read_parquet('{tokens}', hive_partitioning=true) group by 1 order by 1"
+    ).fetchall()
+    assert [r[:3] for r in per_it] == [(0, B, B), (1, B, B)]  # no rollout missing or twice
+    assert [(r[0], r[1], r[2]) for r in toks] == [(i, n, n) for i, _, _, n in per_it]  # every token once
+    assert all(r[3] == r[1] for r in toks)  # train log-probs filled in every part
+    for it in (0, 1):
+        parts = sorted(
+            p.name for p in (data_dir / "tokens" / f"run_id={after['run_id']}" / f"iteration={it}").iterdir()
+        )
+        assert parts == ["part-0.parquet", "part-1.parquet"]
+    assert not list(runs.rglob("stage/*/*/*/*.parquet"))  # nothing left in staging
+    assert result["iterations"][-1]["iteration"] == 1
