@@ -120,9 +120,11 @@ def sharded_rollout(
 ) -> str:
     """`tasks.rollout.rollout_task` on the workers: the same batch, bit for bit
     (gae.distributed.rollout), saved to `out_dir` by this process. `device` is each worker's."""
+    import torch
+
     from gae.distributed.cluster import get_pool
     from gae.distributed.rollout import assemble_batch, plan_rows, split_chunks, widths
-    from gae.rollout import RolloutConfig
+    from gae.rollout import RolloutConfig, resolve_batch_size
     from gae.tokenizer import load_tokenizer
     from tasks.rollout import batch_key, load_prompts, saved_batch
 
@@ -135,8 +137,22 @@ def sharded_rollout(
     t0 = time.perf_counter()
     plan = plan_rows(prompts, cfg)
     tag = uuid.uuid4().hex[:8]
+    workers = get_pool(pool)
+    if isinstance(cfg.batch_size, int) or not workers.infos[0]["device"].startswith("cuda"):
+        batch_size = resolve_batch_size(None, cfg, prompt_len=0, device=torch.device("cpu"))
+    else:  # auto on GPU workers: what rank 0's free memory allows, as the local run would size it
+        texts = [{"prompt": p["prompt"]} for p in prompts]
+        batch_size = workers.run(
+            "chunk_rows", {0: (policy_dir, tokenizer_path, cfg.model_dump(), texts)}, what="rollout"
+        )[0]
+    shards = split_chunks(len(plan), batch_size, workers.size)
+    if sum(1 for s in shards if s) < workers.size:
+        get_run_logger().info(
+            "rollout: %d rows in chunks of %d keep %d of %d workers busy; rollout.batch_size <= %d uses them all",
+            len(plan), batch_size, sum(1 for s in shards if s), workers.size, -(-len(plan) // workers.size),
+        )  # fmt: skip
     per_rank, texts_of = {}, {}
-    for k, chunks in enumerate(split_chunks(len(plan), cfg.batch_size, get_pool(pool).size)):
+    for k, chunks in enumerate(shards):
         if not chunks:
             continue
         texts = sorted({plan[r][0] for ch in chunks for r in ch})  # global prompt indices
@@ -171,6 +187,8 @@ def sharded_rollout(
         seconds=time.perf_counter() - t0,
         # the slowest worker's scoring is the stage's critical path
         timing={"gen": t_gen, **{k: max(s["timing"][k] for s in scored) for k in ("values", "ref")}},
+        batch_size=batch_size,
+        decode=sampled[0]["decode"],
     )
     batch.meta.update(
         {

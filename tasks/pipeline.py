@@ -127,10 +127,12 @@ def _partition_files(root: Path, table: str, run_id: str, iteration: int) -> Pat
 def resume_key(config: dict) -> dict:
     """The settings that make a run what it is: a rerun with the same ones resumes it. Where the
     data lives, the device, where the stages run (`cluster`: a run started locally resumes on
-    Ray and back), the rollout chunk size (samples do not depend on it: per-row seeds) and
-    whether or under which name the policy is registered do not change the run."""
+    Ray and back), the rollout chunk size and decode loop (samples do not depend on them:
+    per-row seeds) and whether or under which name the policy is registered do not change the run."""
+    from gae.rollout import EXECUTION_FIELDS
+
     key = {k: v for k, v in config.items() if k not in ("data_dir", "resume", "device", "cluster")}
-    key["rollout"] = {k: v for k, v in config.get("rollout", {}).items() if k != "batch_size"}
+    key["rollout"] = {k: v for k, v in config.get("rollout", {}).items() if k not in EXECUTION_FIELDS}
     key["registry"] = {"experiment": config.get("registry", {}).get("experiment")}
     return key
 

@@ -154,7 +154,7 @@ def test_scoring_shards_at_their_own_widths_would_differ(assets):
     chunks = [
         [(plan[r][0], plan[r][2]) for r in range(s, min(s + 4, len(plan)))] for s in range(0, len(plan), 4)
     ]
-    sampled, _, _ = sample_chunks(policy, tok, PROMPTS, chunks, cfg, device="cpu")
+    sampled, _, _, _ = sample_chunks(policy, tok, PROMPTS, chunks, cfg, device="cpu")
     P, T = widths(sampled)
     last = sampled[-1]
     assert bool(last["prompt_mask"].all()) and last["prompt_tokens"].shape[1] < P

@@ -34,6 +34,8 @@ from gae.rollout import (
     _pad_to,
     _response_ids,
     encode_prompts,
+    resolve_batch_size,
+    resolve_decode,
     row_seed,
     sample_batch,
 )
@@ -79,7 +81,7 @@ def sample_chunks(
 
     prompts: the texts the chunks refer to, {"prompt": str}; chunks: per chunk its rows as
     (index into `prompts`, seed). Returns (chunks as dicts of host tensors and decoded
-    responses, indices of truncated prompts, seconds)."""
+    responses, indices of truncated prompts, seconds, the decode loop used)."""
     t0 = time.perf_counter()
     device = torch.device(device)
     was_training = policy.training
@@ -103,12 +105,26 @@ def sample_chunks(
             pad_id=tok.pad_id,
             device=device,
             bf16=cfg.bf16,
+            decode=cfg.decode,
+            cuda_graph=cfg.cuda_graph,
+            check_every=cfg.check_every,
         )
         host = {k: v.cpu() for k, v in c.items() if isinstance(v, torch.Tensor)}
         ids = _response_ids(host["response_tokens"], host["action_mask"], tok.eos_id)
         out.append({**host, "finish_reasons": c["finish_reasons"], "responses": [tok.decode(r) for r in ids]})
     policy.train(was_training)
-    return out, truncated, time.perf_counter() - t0
+    return out, truncated, time.perf_counter() - t0, resolve_decode(policy, cfg.decode, device)
+
+
+def chunk_rows(policy, tok, prompts: list[dict], cfg: RolloutConfig, *, device) -> int:
+    """The chunk size generate_rollouts would use on this device (`rollout.batch_size`, or what
+    `auto` resolves to from the device's free memory and the prompts' length)."""
+    device = torch.device(device)
+    if isinstance(cfg.batch_size, int) or device.type != "cuda":
+        return resolve_batch_size(policy, cfg, prompt_len=0, device=device)
+    limit = _max_prompt_tokens(policy, cfg.max_new_tokens)
+    rows, _ = encode_prompts(tok, [p["prompt"] for p in prompts], max_prompt_tokens=limit)
+    return resolve_batch_size(policy, cfg, prompt_len=max(len(r) for r in rows), device=device)
 
 
 def pad_chunk(chunk: dict, P: int, T: int, pad_id: int) -> dict:
@@ -180,6 +196,8 @@ def assemble_batch(
     truncated: int,
     seconds: float,
     timing: dict,
+    batch_size: int,
+    decode: str,
 ) -> RolloutBatch:
     """The driver's merge: chunks in order (each padded to the batch's widths) into the
     RolloutBatch generate_rollouts builds, ids, groups and metadata included."""
@@ -213,6 +231,8 @@ def assemble_batch(
             "seconds": round(seconds, 4),
             "timing_s": {k: round(v, 4) for k, v in timing.items()},
             "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+            "batch_size": batch_size,
+            "decode": decode,
             "logprobs_source": "score_responses" if cfg.recompute_logprobs else "sampling",
         },
     )

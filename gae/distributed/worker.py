@@ -130,10 +130,27 @@ class Worker:
         cfg = RolloutConfig.model_validate(rollout_cfg)
         policy = self._model("policy", policy_dir)
         tok = self._tokenizer(tokenizer_path)
-        sampled, truncated, seconds = sample_chunks(policy, tok, prompts, chunks, cfg, device=self.device)
+        sampled, truncated, seconds, decode = sample_chunks(
+            policy, tok, prompts, chunks, cfg, device=self.device
+        )
         self._pending = {tag: sampled}  # one rollout in flight per worker
         tokens = int(sum(int(c["action_mask"].sum()) for c in sampled))
-        return {"chunks": sampled, "truncated": truncated, "seconds": seconds, "tokens": tokens}
+        return {
+            "chunks": sampled,
+            "truncated": truncated,
+            "seconds": seconds,
+            "tokens": tokens,
+            "decode": decode,
+        }
+
+    def chunk_rows(self, policy_dir: str, tokenizer_path: str, rollout_cfg: dict, prompts: list[dict]) -> int:
+        """`rollout.batch_size` resolved on this worker's device (auto follows its free memory)."""
+        from gae.distributed.rollout import chunk_rows
+        from gae.rollout import RolloutConfig
+
+        cfg = RolloutConfig.model_validate(rollout_cfg)
+        policy = self._model("policy", policy_dir)
+        return chunk_rows(policy, self._tokenizer(tokenizer_path), prompts, cfg, device=self.device)
 
     def score(
         self, tag: str, policy_dir: str, ref_dir: str, rollout_cfg: dict, P: int, T: int, pad_id: int
