@@ -11,6 +11,7 @@ and ids in and out; the tensors move between the workers and this process throug
     rollout          sharded_rollout      samples, then scores, whole chunks (bit-identical batch)
     score-rollouts   sharded_rewards      the reward components of its rows
     store-iteration  sharded_store        writes part-k of the tokens and rollouts files
+    ppo-update       sharded_update       its share of every minibatch; gradients summed over ranks
     fill-train-...   sharded_fill         fills train_logprob in its part
 """
 
@@ -301,6 +302,48 @@ def sharded_fill(
     return {"token_rows": sum(p["token_rows"] for p in parts), "parts": len(parts)}
 
 
+@task(name="ppo-update")
+def sharded_update(
+    data_dir: str,
+    run_id: str,
+    iteration: int,
+    policy_dir: str,
+    batch_dir: str,
+    advantages_path: str,
+    ppo_cfg: dict,
+    shaping_cfg: dict,
+    *,
+    kl_coef: float,
+    mean_kl: float | None = None,
+    total_iterations: int | None = None,
+    device: str = "auto",
+    pool: str,
+) -> dict:
+    """`tasks.train.train_iteration` data-parallel over the workers (torch.distributed: gloo on
+    CPU, NCCL on GPU): each rank takes its share of every minibatch, the loss denominators,
+    metrics and gradients are summed over ranks, so the step is the single-process step. Rank 0
+    writes the checkpoint and the log-probs file; returns what train_iteration returns."""
+    from gae.distributed.cluster import get_pool
+    from gae.train import PPOConfig
+    from tasks.train import update_iteration
+
+    world = get_pool(pool).size
+    B = _n_rows(batch_dir)
+    minibatches = min(PPOConfig.model_validate(ppo_cfg).minibatches, B)
+    if B // minibatches < world:
+        raise ValueError(
+            f"ppo.minibatches={minibatches} cuts {B} rows into minibatches of {B // minibatches}, fewer than the "
+            f"{world} workers that share each one: set ppo.minibatches <= {max(1, B // world)} or use fewer workers"
+        )
+    args = (data_dir, run_id, iteration, policy_dir, batch_dir, advantages_path, ppo_cfg, shaping_cfg)
+    kwargs = {"kl_coef": kl_coef, "mean_kl": mean_kl, "total_iterations": total_iterations, "device": device}
+    ranks = {k: (update_iteration, args, kwargs) for k in range(world)}
+    results = run_sharded(pool, "update", ranks, stage="ppo-update", iteration=iteration)
+    out = results[0]
+    out["metrics"]["timing_s/update_slowest_rank"] = max(r["seconds"] for r in results)
+    return {k: v for k, v in out.items() if k != "seconds"}
+
+
 def stage_tasks(pool: str | None, iteration: int, cluster_cfg: dict | None = None) -> SimpleNamespace:
     """The tasks an iteration runs: the local ones, or (with a worker pool) their sharded twins
     bound to it. Same arguments either way, so the flow lists its stages once."""
@@ -323,6 +366,6 @@ def stage_tasks(pool: str | None, iteration: int, cluster_cfg: dict | None = Non
         rollout=partial(sharded_rollout, pool=pool, iteration=iteration),
         reward=partial(sharded_rewards, pool=pool, iteration=iteration) if shard_rewards else score_rollouts,
         store=partial(sharded_store, pool=pool),
-        update=train_iteration,
+        update=partial(sharded_update, pool=pool),
         fill=partial(sharded_fill, pool=pool),
     )

@@ -269,6 +269,158 @@ def test_sharded_rewards_and_store_equal_local(prefect_api, pool, assets, tmp_pa
 
 
 # ---------------------------------------------------------------------------------------
+# data-parallel PPO: 2 gloo ranks on Ray workers against one process
+
+
+def naive_update(*args, reduce_sum=None, rank_rows=None, writer=True, **kwargs):
+    """The classic data-parallel bug, for the test below to catch: each rank divides by its own
+    shard's counts (the int64 denominators are not summed) and gradients are averaged over
+    ranks, as plain DDP does. Runs on the workers (passed by reference, like the real one)."""
+    import torch.distributed as dist
+
+    from tasks.train import update_iteration
+
+    def per_rank_mean(t):
+        if t.dtype == torch.int64:  # loss denominators (and the scored-rows mask): left per rank
+            return t
+        t = reduce_sum(t)
+        return t / dist.get_world_size() if t.dtype == torch.float32 else t  # gradients: averaged
+
+    return update_iteration(*args, **kwargs, reduce_sum=per_rank_mean, rank_rows=rank_rows, writer=writer)
+
+
+def _update_inputs(assets, root):
+    """A rollout batch with ragged masks (responses of many lengths), scores and advantages."""
+    from prefect.logging import disable_run_logger
+
+    from tasks.advantages import compute_advantages
+    from tasks.rewards import score_rollouts
+
+    batch_dir = local_rollout(assets, root / "batch", max_new_tokens=12)
+    # The untrained policy rarely samples EOS: cut the rows to varied lengths, as EOS would.
+    b = RolloutBatch.load(batch_dir)
+    keep = (
+        torch.arange(b.action_mask.shape[1])[None, :]
+        < torch.tensor([1 + (5 * i) % 12 for i in range(b.batch_size)])[:, None]
+    )
+    b.action_mask &= keep
+    for name in ("logprobs", "ref_logprobs", "values"):
+        setattr(b, name, torch.where(keep, getattr(b, name), torch.zeros(())))
+    b.finish_reasons = ["eos"] * b.batch_size
+    b.host_copies = {}
+    b.save(batch_dir)
+    with disable_run_logger():
+        scores = score_rollouts.fn(
+            batch_dir, {"components": [{"name": "length_window", "options": {"max_length": 6}}]}
+        )
+        adv = compute_advantages.fn(batch_dir, scores, {"estimator": "gae"}, {}, kl_coef=0.05, device="cpu")
+    return batch_dir, adv
+
+
+def _params(ckpt_policy):
+    from gae.models import load_model
+
+    return [p.detach() for p in load_model(ckpt_policy).parameters()]
+
+
+PPO_CASES = {
+    "token-mean": {"loss_agg": "token-mean", "micro_batch_rows": 2},
+    "seq-mean-token-mean": {"loss_agg": "seq-mean-token-mean"},
+    "seq-mean-token-sum": {"loss_agg": "seq-mean-token-sum", "micro_batch_rows": 3},
+    "target-kl": {"loss_agg": "token-mean", "target_kl": 1e-4, "score_before_update": False},
+}
+
+
+@pytest.mark.parametrize("case", list(PPO_CASES))
+def test_data_parallel_update_equals_one_process(prefect_api, pool, assets, tmp_path, case):
+    """2 workers (gloo), each its share of every minibatch, vs train_iteration in one process on
+    the same files: the parameters after the update, the metrics and the trainer's log-probs
+    agree to float tolerance under every loss aggregation, with micro batches and with the
+    target-KL stop (decided on the all-reduced KL, so both ranks stop at the same minibatch)."""
+    from prefect.logging import disable_run_logger
+    from safetensors.torch import load_file
+
+    from tasks.distributed import sharded_update
+    from tasks.train import train_iteration
+
+    batch_dir, adv = _update_inputs(assets, tmp_path)
+    mask = RolloutBatch.load(batch_dir).action_mask
+    shares = torch.arange(mask.shape[0]).tensor_split(2)
+    assert mask[shares[0]].sum() != mask[shares[1]].sum()  # ragged: the ranks hold different token counts
+    # AdamW's first steps move a parameter by lr * g / (|g| + eps): where |g| is near eps, float
+    # summation order alone (ranks add in another order) moves it by O(lr). eps 1e-6 keeps the
+    # comparison well-conditioned; the wrong weighting still moves parameters by ~lr (see below).
+    ppo = {
+        "epochs": 2,
+        "minibatches": 2,
+        "actor_lr": 1e-2,
+        "critic_lr": 1e-2,
+        "adam_eps": 1e-6,
+        **PPO_CASES[case],
+    }
+    shaping = {"kl": {"placement": "loss", "estimator": "k3", "coef": 0.1}}
+    args = (str(tmp_path / "data"), "r", 0, assets["policy"], batch_dir, adv["path"], ppo, shaping)
+    kw = {"kl_coef": 0.1, "mean_kl": adv["mean_kl"], "device": "cpu"}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with disable_run_logger():
+            local = train_iteration.fn(*args, **kw)
+    finally:
+        torch.set_num_threads(before)
+    dp = in_flow(sharded_update, *args[:1], "r-dp", *args[2:], **kw, pool=pool.id)
+    moved = False
+    for p0, p, q in zip(
+        _params(assets["policy"]), _params(local["model_dir"]), _params(dp["model_dir"]), strict=True
+    ):
+        torch.testing.assert_close(q, p, atol=2e-5, rtol=1e-4)  # lr 1e-2: a wrong weighting moves ~1e-2
+        moved |= not torch.equal(p0, p)
+    assert moved
+    for key in ("actor/pg_loss", "critic/vf_loss", "actor/kl_loss", "actor/approx_kl", "actor/grad_norm"):
+        assert dp["metrics"][key] == pytest.approx(local["metrics"][key], rel=1e-4, abs=1e-6), key
+    assert dp["metrics"]["actor/update_steps"] == local["metrics"]["actor/update_steps"]
+    assert dp["metrics"]["actor/early_stopped"] == local["metrics"]["actor/early_stopped"]
+    if case == "target-kl":
+        assert local["metrics"]["actor/early_stopped"] == 1.0 and local["metrics"]["actor/update_steps"] < 4
+    torch.testing.assert_close(
+        load_file(dp["train_logprobs"])["train_logprobs"],
+        load_file(local["train_logprobs"])["train_logprobs"],
+    )
+
+
+def test_a_per_rank_token_mean_is_caught(prefect_api, pool, assets, tmp_path):
+    """The same comparison with the naive data-parallel update (per-rank denominators, averaged
+    gradients) fails: the equality above is a test a wrong weighting cannot pass."""
+    from prefect.logging import disable_run_logger
+
+    from gae.distributed.cluster import get_pool
+    from tasks.train import train_iteration
+
+    batch_dir, adv = _update_inputs(assets, tmp_path)
+    ppo = {
+        "epochs": 1,
+        "minibatches": 1,
+        "actor_lr": 1e-2,
+        "critic_lr": 1e-2,
+        "adam_eps": 1e-6,
+        "loss_agg": "token-mean",
+    }
+    args = (str(tmp_path / "data"), "r", 0, assets["policy"], batch_dir, adv["path"], ppo, {})
+    kw = {"kl_coef": 0.05, "mean_kl": adv["mean_kl"], "device": "cpu"}
+    with disable_run_logger():
+        local = train_iteration.fn(*args, **kw)
+    naive_args = (args[0], "r-naive", *args[2:])
+    out = get_pool(pool.id).run(
+        "update", {k: (naive_update, naive_args, kw) for k in range(2)}, what="update"
+    )[0]
+    diffs = [
+        (q - p).abs().max()
+        for p, q in zip(_params(local["model_dir"]), _params(out["model_dir"]), strict=True)
+    ]
+    assert max(diffs) > 1e-3  # far outside the 2e-5 the correct update is held to
+
+
+# ---------------------------------------------------------------------------------------
 # bad input: one clear line
 
 

@@ -246,3 +246,25 @@ class Worker:
             stage_dir, run_id=run_id, iteration=iteration, train_logprobs=lp, batch=batch, part=part
         )
         return {**out, "seconds": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------ PPO update
+
+    def update(self, fn, args: tuple, kwargs: dict) -> dict:
+        """One rank of the data-parallel PPO update: `fn` is the local update from files to a
+        checkpoint (`tasks.train.update_iteration`, passed by reference), run with this rank's
+        share of every minibatch and sums over ranks (`gae.train.ppo_update`'s `rank_rows` and
+        `reduce_sum`); rank 0 writes the checkpoint and the trainer's log-probs."""
+        t0 = time.perf_counter()
+        reduce_sum = rank_rows = None
+        if self.world > 1:
+            import torch.distributed as dist
+
+            def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+                dist.all_reduce(t)  # SUM
+                return t
+
+            def rank_rows(rows: torch.Tensor) -> torch.Tensor:
+                return rows.tensor_split(self.world)[self.rank]
+
+        out = fn(*args, **kwargs, reduce_sum=reduce_sum, rank_rows=rank_rows, writer=self.rank == 0)
+        return {**out, "seconds": time.perf_counter() - t0}
