@@ -62,8 +62,6 @@ def connect(
         path.parent.mkdir(parents=True, exist_ok=True)
     # No network at run time: never fetch an extension behind the user's back.
     config = {"autoinstall_known_extensions": False}
-    if confine:
-        config["autoload_known_extensions"] = False
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as exc:
