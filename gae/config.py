@@ -8,6 +8,7 @@ artifact), checkpoint and Parquet file.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -188,7 +189,9 @@ PRESETS: dict[str, dict] = {
 def preset_dict(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[name], "preset": name}
+    # A deep copy: `--set model.n_head=3` edits nested sections in place, which must not
+    # change the preset for every later config built in the same process.
+    return {**copy.deepcopy(PRESETS[name]), "preset": name}
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -45,6 +45,9 @@ class DiskFull(OSError):
     def __str__(self) -> str:
         return self.strerror
 
+    def __reduce__(self):  # OSError pickles its args, which are not this __init__'s
+        return (type(self), (self.filename, self.detail))
+
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
@@ -81,11 +84,17 @@ def as_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> D
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Report a full disk inside the block as `DiskFull(path)`; anything else passes unchanged."""
+def writing(path: str | os.PathLike, *, temporary: str | os.PathLike | None = None) -> Iterator[None]:
+    """Report a full disk inside the block as `DiskFull(path)`; anything else passes unchanged.
+
+    temporary: where the block builds what becomes `path` (an atomic writer's temporary name);
+    a DiskFull raised for a file in there is reported as `path`, the name the user knows.
+    """
     try:
         yield
-    except DiskFull:
+    except DiskFull as exc:
+        if temporary is not None and Path(exc.filename).is_relative_to(temporary):
+            raise DiskFull(path, exc.detail) from exc
         raise
     except Exception as exc:
         full = as_disk_full(exc, path)
@@ -126,7 +135,7 @@ def user_message(exc: BaseException) -> str:
         return str(full)
     if _is_validation_error(exc):
         return one_line(exc)
-    if isinstance(exc, ValueError | RuntimeError | TypeError | LookupError) and _is_ours(exc):
+    if isinstance(exc, ValueError | RuntimeError | TypeError) and _is_ours(exc):
         return one_line(exc)
     if isinstance(exc, IsADirectoryError):
         return f"{exc.filename} is a folder; a file was expected there"

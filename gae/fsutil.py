@@ -96,7 +96,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
     try:
-        with writing(path):
+        with writing(path, temporary=tmp):
             yield tmp
             os.chmod(tmp, 0o777 & ~current_umask())
         old = None

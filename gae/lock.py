@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from gae.errors import writing
+
 
 class DataDirLocked(RuntimeError):
     """Another process holds the data directory's writer lock."""
@@ -101,8 +103,9 @@ def writer_lock(lock_path: str | os.PathLike, *, what: str = "") -> Iterator[dic
             "what": what,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        with writing(lock_path):  # a full disk fails here first: say so, naming the file
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         try:
             yield holder
         finally:

@@ -292,13 +292,23 @@ class Tracker:
             key = safe_metric_name(k)
             if key not in logged:
                 items.append(Metric(key, x, ts, int(step)))
-        for i in range(0, len(items), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
+        with self._writing():
+            for i in range(0, len(items), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
+
+    def _writing(self):
+        """A full disk under the embedded store is reported naming mlflow.db (gae.errors.writing)."""
+        from gae.errors import writing
+
+        embedded = tracking_uri(self.data_dir) == f"sqlite:///{self.data_dir.mlflow_db}"
+        return writing(self.data_dir.mlflow_db) if embedded else contextlib.nullcontext()
 
     def _keys_at_step(self, step: int) -> set[str]:
         """Metric keys of the run that have a point at `step`."""
         present = self.client.get_run(self.run_id).data.metrics
-        return {k for k in present if any(m.step == step for m in self.client.get_metric_history(self.run_id, k))}
+        return {
+            k for k in present if any(m.step == step for m in self.client.get_metric_history(self.run_id, k))
+        }
 
     def log_generations(self, rows: list[dict] | Any, *, iteration: int, name: str | None = None) -> str:
         """A table of sample generations (prompt, response, score, components...) for one
