@@ -208,7 +208,10 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                 registered = register_policy(data_dir, run, policy_dir, base["tokenizer"], cfg)
             finish_run(data_dir, run, cfg["registry"]["experiment"], "finished")
         except BaseException:
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
+            try:
+                finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
+            except Exception as cleanup:  # e.g. the same full disk: the run's own error is the one to report
+                logger.warning("could not mark run %s failed: %s", run["run_id"], cleanup)
             raise
     return {
         "run_id": run["run_id"],

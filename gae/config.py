@@ -8,6 +8,7 @@ artifact), checkpoint and Parquet file.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +153,20 @@ class PipelineConfig(BaseModel):
             )
         if self.advantages.estimator.value == "power" and self.advantages.p is None:
             raise ValueError("advantages.estimator=power needs advantages.p (the exponent of w_k ∝ k^-p)")
+        m = self.model
+        if m.arch == "gpt":  # checked here, not ~10 s into a run (issue 12)
+            if m.n_embd % m.n_head:
+                raise ValueError(
+                    f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}: each attention "
+                    "head gets n_embd / n_head dimensions"
+                )
+            for name, n in (("rollout.max_new_tokens", self.rollout.max_new_tokens),
+                            ("eval.max_new_tokens", self.eval.max_new_tokens)):  # fmt: skip
+                if n >= m.block_size:
+                    raise ValueError(
+                        f"{name}={n} leaves no room for a prompt in model.block_size={m.block_size} "
+                        "(prompt + response must fit): lower it or raise model.block_size"
+                    )
         return self
 
 
@@ -174,7 +189,9 @@ PRESETS: dict[str, dict] = {
 def preset_dict(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[name], "preset": name}
+    # A deep copy: `--set model.n_head=3` edits nested sections in place, which must not
+    # change the preset for every later config built in the same process.
+    return {**copy.deepcopy(PRESETS[name]), "preset": name}
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -204,7 +221,18 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        if p.is_dir():
+            raise ValueError(
+                f"config file {p} is a folder; pass a YAML file (`gae config > run.yaml` writes one)"
+            )
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"config file {p} is not UTF-8 text (byte {exc.start}): pass a YAML file"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {p}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{p}: a config file is a YAML mapping, got {type(loaded).__name__}")
         data = _deep_update(data, loaded)
@@ -217,6 +245,13 @@ def load_config(
     if values:
         data = _deep_update(data, {k: v for k, v in values.items() if v is not None})
     return PipelineConfig.model_validate(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`line L column C: problem` of a YAML error (1-based), without its multi-line snippet."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def to_yaml(cfg: BaseModel) -> str:

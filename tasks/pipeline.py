@@ -242,7 +242,8 @@ def log_iteration(
     tracker = Tracker.start(
         data_dir, run_id=run["run_id"], experiment=experiment, mlflow_run_id=run["mlflow_run_id"]
     )
-    tracker.log_metrics(metrics, step=iteration)
+    # A resumed run redoes the iteration it was killed in, which may have been logged already.
+    tracker.log_metrics(metrics, step=iteration, only_new=bool(run.get("resumed")))
     if samples:
         tracker.log_generations(samples, iteration=iteration, name=label)
     uri = tracking_uri(data_dir)
