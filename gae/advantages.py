@@ -16,6 +16,26 @@ Advantage Estimation"), over the action positions t_1 < ... < t_n of a row:
     A_k     = delta_k + gamma * lam * A_{k+1}              A_{n+1} = 0
     R_k     = A_k + V_{t_k}
 
+Per-row and decoupled lambda. `lam` may be a `(B,)` tensor, one lambda per row, and the
+critic's targets may use their own `lam_critic` (VC-PPO, Yuan et al. 2025, arXiv 2503.01491,
+"What's Behind PPO's Collapse in Long-CoT? Value Optimization Holds the Secret"):
+
+    A^a_k = delta_k + gamma * lam_a[b] * A^a_{k+1}         advantages, for the policy
+    A^c_k = delta_k + gamma * lam_c[b] * A^c_{k+1}         R_k = A^c_k + V_{t_k}, the critic's targets
+
+VC-PPO takes lam_c = 1 (returns are the unbiased Monte-Carlo return-to-go, bootstrapped
+only from `last_value`, so a poorly initialised critic cannot bias its own targets) and
+lam_a = 0.95. VAPO (Yue et al. 2025, arXiv 2504.05118) makes the actor's lambda depend on
+the response length l (action tokens of the row), so that long responses keep a
+low-variance-but-unbiased-enough estimate over their whole length:
+
+    lam_a[b] = clip(1 - 1 / (alpha * l_b), 0, 1)           alpha = 0.05 in the paper
+
+(`length_adaptive_lam`). Both accumulators run in one pass over the bytes; with
+lam_c == lam_a the outputs are bit-identical to the single-lambda kernel. verl has neither
+today (decoupled GAE is its feature request #479, VAPO #5987): its `compute_gae_advantage_return`
+takes one scalar lambda for both.
+
 Backends, chosen by device: a numba kernel on CPU, a Triton kernel on CUDA, a loop
 over T vectorised over B elsewhere, and `gae_reference`, a plain loop that mirrors the
 equations above and is what every other backend is tested against.
@@ -103,6 +123,76 @@ def _check_last_value(last_value: object, B: int, device: torch.device, dtype: t
     return lv
 
 
+def _check_lam_tensor(name: str, lam: torch.Tensor, B: int) -> torch.Tensor:
+    """A per-row lambda: shape (B,), floating, every entry in [0, 1]. Returned as float64 on its
+    device, so `gamma * lam` rounds to the compute dtype exactly as a Python float lambda does."""
+    if lam.shape != (B,):
+        raise AdvantageInputError(f"{name} must be a float or a ({B},) tensor, got shape {tuple(lam.shape)}")
+    if not torch.is_floating_point(lam):
+        raise AdvantageInputError(f"{name} must have a floating-point dtype, got {lam.dtype}")
+    lam = lam.detach().double()
+    bad = ~((lam >= 0) & (lam <= 1))  # also NaN
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0, 0])
+        raise AdvantageInputError(f"{name}[{b}] is {lam[b].item()} (must be in [0, 1])")
+    return lam
+
+
+def _lambdas(lam, lam_critic, B: int, device: torch.device):
+    """(lam_a, lam_c): each a float, or a float64 (B,) tensor on `device`; lam_c is None when the
+    critic's targets use the actor's lambda (the single-accumulator path)."""
+    lam_a = (
+        _check_lam_tensor("lam", lam, B).to(device)
+        if isinstance(lam, torch.Tensor)
+        else _check_unit("lam", lam)
+    )
+    if lam_critic is None:
+        return lam_a, None
+    if isinstance(lam_critic, torch.Tensor):
+        lam_c = _check_lam_tensor("lam_critic", lam_critic, B).to(device)
+    else:
+        lam_c = _check_unit("lam_critic", lam_critic)
+    same = (
+        torch.equal(lam_a, lam_c)
+        if isinstance(lam_a, torch.Tensor) and isinstance(lam_c, torch.Tensor)
+        else lam_a == lam_c
+        if not isinstance(lam_a, torch.Tensor) and not isinstance(lam_c, torch.Tensor)
+        else False
+    )
+    return lam_a, None if same else lam_c
+
+
+def _row_lams(lam, B: int, device: torch.device) -> torch.Tensor:
+    """A float or (B,) lambda as a float64 (B,) tensor on `device`."""
+    if isinstance(lam, torch.Tensor):
+        return lam.to(device=device, dtype=torch.float64)
+    return torch.full((B,), float(lam), dtype=torch.float64, device=device)
+
+
+def length_adaptive_lam(mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """VAPO's length-adaptive lambda (Yue et al. 2025, arXiv 2504.05118, section 3.2):
+
+        lam[b] = clip(1 - 1 / (alpha * l_b), 0, 1),   l_b = action tokens of row b
+
+    (B,) float64. Rows shorter than 1/alpha tokens get 0 (the TD error), an empty row 0;
+    as l grows lam -> 1. The paper's alpha is 0.05 (lam = 0.95 at l = 400, 0.995 at 4000).
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        raise AdvantageInputError(
+            f"mask must be a 2-D (B, T) tensor, got {getattr(mask, 'shape', type(mask))}"
+        )
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise AdvantageInputError(f"length_alpha must be a number > 0, got {alpha!r}") from None
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise AdvantageInputError(f"length_alpha must be a finite number > 0, got {alpha}")
+    m = mask if mask.dtype == torch.bool else mask != 0
+    n = m.sum(-1).to(torch.float64)  # (B,)
+    lam = 1.0 - 1.0 / (alpha * n)  # -inf at n = 0
+    return lam.clamp(0.0, 1.0)
+
+
 def _validated(rewards, values, mask, gamma, lam, last_value):
     """Shape, dtype and range checks: O(1) work, done in Python before any kernel runs."""
     rewards = _check_float_2d("rewards", rewards)
@@ -115,7 +205,8 @@ def _validated(rewards, values, mask, gamma, lam, last_value):
         raise AdvantageInputError(f"values is on {values.device} but rewards is on {rewards.device}")
     m = _check_mask(mask, rewards.shape, rewards.device)
     gamma = _check_unit("gamma", gamma)
-    lam = _check_unit("lam", lam)
+    if not isinstance(lam, torch.Tensor):
+        lam = _check_unit("lam", lam)
     cdt, odt = _compute_dtype(rewards.dtype, values.dtype)
     lv = _check_last_value(last_value, rewards.shape[0], rewards.device, cdt)
     return rewards.to(cdt), values.to(cdt), m, gamma, lam, lv, odt
@@ -160,48 +251,68 @@ def _first_bad_torch(rewards: torch.Tensor, values: torch.Tensor, m: torch.Tenso
 # --------------------------------------------------------------------------- backends
 
 
-def gae_reference(rewards, values, mask, *, gamma, lam, last_value=None):
+def gae_reference(rewards, values, mask, *, gamma, lam, last_value=None, lam_critic=None):
     """GAE exactly as written in the spec: a Python loop per row over its action positions.
 
     Slow (Python per token) and obviously correct; every fast backend is tested against it.
-    Inputs are validated; returns `(advantages, returns)` shaped `(B, T)`.
+    `lam` and `lam_critic` as in `compute_gae` (a float or a (B,) tensor; lam_critic None:
+    the returns use `lam`). Inputs are validated; returns `(advantages, returns)` shaped `(B, T)`.
     """
-    r, v, m, gamma, lam, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
+    r, v, m, gamma, _, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
+    lam_a, lam_c = _lambdas(lam, lam_critic, r.shape[0], r.device)
     code, b, t = _first_bad_torch(r, v, m, lv)
     if code:
         raise _value_error(code, b, t, r, v, lv)
     B, T = r.shape
+    la = _row_lams(lam_a, B, torch.device("cpu")).tolist()
+    lc = la if lam_c is None else _row_lams(lam_c, B, torch.device("cpu")).tolist()
     adv = torch.zeros((B, T), dtype=torch.float64)
     ret = torch.zeros((B, T), dtype=torch.float64)
     r64, v64, lv64, mc = r.double().cpu(), v.double().cpu(), lv.double().cpu(), m.cpu()
     for row in range(B):
         steps = mc[row].nonzero().flatten().tolist()  # t_1 < ... < t_n
         next_value = lv64[row].item()  # V_{t_{n+1}}
-        next_adv = 0.0  # A_{n+1}
+        next_adv = next_adv_c = 0.0  # A_{n+1} = 0 for both lambdas
         for tk in reversed(steps):
             delta = r64[row, tk].item() + gamma * next_value - v64[row, tk].item()
-            a = delta + gamma * lam * next_adv
+            a = delta + gamma * la[row] * next_adv
+            a_c = delta + gamma * lc[row] * next_adv_c
             adv[row, tk] = a
-            ret[row, tk] = a + v64[row, tk].item()
-            next_value, next_adv = v64[row, tk].item(), a
+            ret[row, tk] = a_c + v64[row, tk].item()
+            next_value, next_adv, next_adv_c = v64[row, tk].item(), a, a_c
     return adv.to(device=r.device, dtype=odt), ret.to(device=r.device, dtype=odt)
 
 
-def _gae_torch_loop(r, v, m, lv, gamma, lam):
+def _gae_torch_loop(r, v, m, lv, gamma, lam, lam_critic=None):
     """A loop over T, vectorised over B: one step of the recursion per position (verl's
-    shape, with the multi-turn fix: carries pass through non-action positions)."""
+    shape, with the multi-turn fix: carries pass through non-action positions).
+
+    lam: a float or a float64 (B,) tensor; lam_critic likewise, or None (returns from `lam`).
+    A second accumulator runs only when lam_critic is given."""
     B, T = r.shape
     adv = torch.empty_like(r)
     ret = torch.empty_like(r)
     zero = torch.zeros((), dtype=r.dtype, device=r.device)
+    # gamma * lam in float64, rounded once to the compute dtype, as a Python float is
+    gl = (gamma * lam).to(r.dtype) if isinstance(lam, torch.Tensor) else gamma * lam
+    gl_c = None
+    if lam_critic is not None:
+        gl_c = (gamma * _row_lams(lam_critic, B, r.device)).to(r.dtype)
     next_v = lv.clone()
     next_a = torch.zeros(B, dtype=r.dtype, device=r.device)
+    next_c = next_a.clone()
     for t in range(T - 1, -1, -1):
         mt = m[:, t]
         vt = torch.where(mt, v[:, t], zero)  # garbage never enters the arithmetic
-        a = torch.where(mt, r[:, t] + gamma * next_v - vt + gamma * lam * next_a, next_a)
+        delta = r[:, t] + gamma * next_v - vt
+        a = torch.where(mt, delta + gl * next_a, next_a)
         adv[:, t] = torch.where(mt, a, zero)
-        ret[:, t] = torch.where(mt, a + vt, zero)
+        if gl_c is None:
+            ret[:, t] = torch.where(mt, a + vt, zero)
+        else:
+            c = torch.where(mt, delta + gl_c * next_c, next_c)
+            ret[:, t] = torch.where(mt, c + vt, zero)
+            next_c = c
         next_a = a
         next_v = torch.where(mt, vt, next_v)
     return adv, ret
@@ -227,8 +338,9 @@ def compute_gae(
     mask: torch.Tensor,
     *,
     gamma: float,
-    lam: float,
+    lam: float | torch.Tensor,
     last_value: torch.Tensor | float | None = None,
+    lam_critic: float | torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized Advantage Estimation over the action tokens of each row.
@@ -237,23 +349,33 @@ def compute_gae(
         rewards: `(B, T)` float; per-token rewards, non-zero only where `mask` is True.
         values: `(B, T)` float; `V(s_t)`, the state before token `t` is emitted.
         mask: `(B, T)` bool (or 0/1 numbers); True on action tokens, need not be contiguous.
-        gamma, lam: discount and GAE lambda, each in [0, 1].
+        gamma: discount in [0, 1].
+        lam: GAE lambda of the advantages, in [0, 1]: a float, or a `(B,)` tensor with one
+            lambda per row (e.g. `length_adaptive_lam`).
         last_value: `(B,)` or a float; `V` after the last action token (0: terminal).
+        lam_critic: lambda of the returns (the critic's targets), a float or `(B,)` tensor;
+            None: `lam` (classic GAE). VC-PPO's decoupled GAE is `lam=0.95, lam_critic=1.0`.
         backend: "auto" (numba on CPU, Triton on CUDA, torch elsewhere), or one by name.
 
     Returns:
         `(advantages, returns)`, both `(B, T)` in the promoted dtype of rewards and values,
-        exactly 0 at non-action positions; `returns = advantages + values` on action tokens.
+        exactly 0 at non-action positions: advantages from `lam`, and on action tokens
+        `returns = A(lam_critic) + values` (`= advantages + values` when lam_critic is None
+        or equal to lam; then the outputs are bit-identical to the single-lambda call).
 
     Raises:
-        AdvantageInputError (a ValueError): mismatched shapes, non-float dtypes, gamma or lam
-        outside [0, 1], a non-finite reward or value at an action position, or a non-zero
-        reward at a non-action position; value errors name the first bad `[b, t]`.
+        AdvantageInputError (a ValueError): mismatched shapes, non-float dtypes, gamma or a
+        lambda outside [0, 1] (a per-row lambda names its row), a non-finite reward or value
+        at an action position, or a non-zero reward at a non-action position; value errors
+        name the first bad `[b, t]`.
     """
-    r, v, m, gamma, lam, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
+    r, v, m, gamma, _, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
+    lam_a, lam_c = _lambdas(lam, lam_critic, r.shape[0], r.device)
     name = _pick_backend(r.device, backend)
     if name == "reference":
-        return gae_reference(rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value)
+        return gae_reference(
+            rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value, lam_critic=lam_critic
+        )
     if r.numel() == 0:
         z = torch.zeros(r.shape, dtype=odt, device=r.device)
         return z, z.clone()
@@ -262,15 +384,15 @@ def compute_gae(
             raise AdvantageInputError(f"the numba backend runs on CPU tensors, got {r.device}")
         from gae.kernels.cpu import gae_cpu
 
-        adv, ret, (code, b, t) = gae_cpu(r, v, m, lv, gamma, lam)
+        adv, ret, (code, b, t) = gae_cpu(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
     elif name == "triton":
         from gae.kernels.triton_gae import gae_triton
 
-        adv, ret, (code, b, t) = gae_triton(r, v, m, lv, gamma, lam)
+        adv, ret, (code, b, t) = gae_triton(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
     else:
         code, b, t = _first_bad_torch(r, v, m, lv)
         if not code:
-            adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam)
+            adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam_a, lam_c)
     if code:
         raise _value_error(code, b, t, r, v, lv)
     return adv.to(odt), ret.to(odt)
@@ -530,8 +652,10 @@ def _scores_of(rewards, mask, scores):
 
 
 @register_estimator(Estimator.GAE)
-def _est_gae(*, rewards, values, mask, gamma, lam, last_value=None, **_):
-    return compute_gae(rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value)
+def _est_gae(*, rewards, values, mask, gamma, lam, last_value=None, lam_critic=None, **_):
+    return compute_gae(
+        rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value, lam_critic=lam_critic
+    )
 
 
 @register_estimator(Estimator.UNIFORM)
@@ -575,8 +699,9 @@ def estimate(
     mask: torch.Tensor,
     values: torch.Tensor | None = None,
     gamma: float = 1.0,
-    lam: float = 0.95,
+    lam: float | torch.Tensor = 0.95,
     last_value: torch.Tensor | float | None = None,
+    lam_critic: float | torch.Tensor | None = None,
     scores: torch.Tensor | None = None,
     group_ids: torch.Tensor | None = None,
     horizon: int | None = None,
@@ -586,9 +711,15 @@ def estimate(
     """Run the estimator registered under `name` (see `Estimator`) with one call shape.
 
     Critic-based estimators need `values`; group estimators need `group_ids` and use
-    `scores` (B,) or, when absent, each row's summed token rewards.
+    `scores` (B,) or, when absent, each row's summed token rewards. `lam` may be a (B,)
+    tensor and `lam_critic` set (decoupled GAE) for the `gae` estimator only.
     """
     est = parse_estimator(name)
+    if est is not Estimator.GAE and (lam_critic is not None or isinstance(lam, torch.Tensor)):
+        raise AdvantageInputError(
+            f"estimator {est.value!r} takes neither lam_critic nor a per-row lam; decoupled and "
+            "per-row lambdas are GAE's (estimator 'gae')"
+        )
     if est.needs_critic and values is None:
         raise AdvantageInputError(f"estimator {est.value!r} needs values from a critic")
     if est in (Estimator.GRPO, Estimator.DR_GRPO, Estimator.RLOO) and group_ids is None:
@@ -600,6 +731,7 @@ def estimate(
         gamma=gamma,
         lam=lam,
         last_value=last_value,
+        lam_critic=lam_critic,
         scores=scores,
         group_ids=group_ids,
         horizon=horizon,
