@@ -50,123 +50,44 @@ from typing import Literal
 
 import torch
 
+from gae.advantage_inputs import (
+    AdvantageInputError,
+    check_float_2d,
+    check_mask,
+    first_bad_torch,
+    lambdas,
+    row_lams,
+    validated,
+    value_error,
+)
+from gae.group_baselines import (
+    dr_grpo_advantages,
+    grpo_advantages,
+    rloo_advantages,
+    zero_variance_groups,
+)
 from gae.masked import masked_sum, masked_whiten
+
+__all__ = [
+    "AdvantageInputError",
+    "Estimator",
+    "compute_gae",
+    "compute_weighted_advantages",
+    "dr_grpo_advantages",
+    "estimate",
+    "gae_reference",
+    "get_estimator",
+    "grpo_advantages",
+    "length_adaptive_lam",
+    "parse_estimator",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+    "tail_weights",
+    "zero_variance_groups",
+]
 
 Backend = Literal["auto", "reference", "torch", "numba", "triton"]
 _BACKENDS = ("auto", "reference", "torch", "numba", "triton")
-
-
-class AdvantageInputError(ValueError, TypeError):
-    """Bad input to an estimator. A ValueError (and a TypeError, for wrong dtypes)."""
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_unit(name: str, x: float) -> float:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        raise AdvantageInputError(f"{name} must be a number in [0, 1], got {x!r}") from None
-    if not (0.0 <= x <= 1.0):  # also refuses NaN
-        raise AdvantageInputError(f"{name} must be in [0, 1], got {x}")
-    return x
-
-
-def _check_float_2d(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise AdvantageInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise AdvantageInputError(f"{name} must be 2-D (B, T), got shape {tuple(x.shape)}")
-    if not torch.is_floating_point(x):
-        raise AdvantageInputError(f"{name} must have a floating-point dtype, got {x.dtype}")
-    return x
-
-
-def _check_mask(mask: object, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor):
-        raise AdvantageInputError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.shape != shape:
-        raise AdvantageInputError(f"mask has shape {tuple(mask.shape)} but rewards has shape {tuple(shape)}")
-    if mask.device != device:
-        raise AdvantageInputError(f"mask is on {mask.device} but rewards is on {device}")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_complex():
-        raise AdvantageInputError(f"mask must be bool, integer or float, got {mask.dtype}")
-    return mask != 0
-
-
-def _compute_dtype(*dtypes: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
-    """(dtype the kernels compute in, dtype of the outputs)."""
-    out = dtypes[0]
-    for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
-    return (out if out in (torch.float32, torch.float64) else torch.float32), out
-
-
-def _check_last_value(last_value: object, B: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    if last_value is None:
-        return torch.zeros(B, dtype=dtype, device=device)
-    if isinstance(last_value, int | float):
-        lv = torch.full((B,), float(last_value), dtype=dtype, device=device)
-    elif isinstance(last_value, torch.Tensor):
-        if last_value.shape != (B,):
-            raise AdvantageInputError(f"last_value must have shape ({B},), got {tuple(last_value.shape)}")
-        if not torch.is_floating_point(last_value):
-            raise AdvantageInputError(f"last_value must have a floating-point dtype, got {last_value.dtype}")
-        lv = last_value.to(device=device, dtype=dtype)
-    else:
-        raise AdvantageInputError(
-            f"last_value must be None, a float or a (B,) tensor, got {type(last_value).__name__}"
-        )
-    return lv
-
-
-def _check_lam_tensor(name: str, lam: torch.Tensor, B: int) -> torch.Tensor:
-    """A per-row lambda: shape (B,), floating, every entry in [0, 1]. Returned as float64 on its
-    device, so `gamma * lam` rounds to the compute dtype exactly as a Python float lambda does."""
-    if lam.shape != (B,):
-        raise AdvantageInputError(f"{name} must be a float or a ({B},) tensor, got shape {tuple(lam.shape)}")
-    if not torch.is_floating_point(lam):
-        raise AdvantageInputError(f"{name} must have a floating-point dtype, got {lam.dtype}")
-    lam = lam.detach().double()
-    bad = ~((lam >= 0) & (lam <= 1))  # also NaN
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0, 0])
-        raise AdvantageInputError(f"{name}[{b}] is {lam[b].item()} (must be in [0, 1])")
-    return lam
-
-
-def _lambdas(lam, lam_critic, B: int, device: torch.device):
-    """(lam_a, lam_c): each a float, or a float64 (B,) tensor on `device`; lam_c is None when the
-    critic's targets use the actor's lambda (the single-accumulator path)."""
-    lam_a = (
-        _check_lam_tensor("lam", lam, B).to(device)
-        if isinstance(lam, torch.Tensor)
-        else _check_unit("lam", lam)
-    )
-    if lam_critic is None:
-        return lam_a, None
-    if isinstance(lam_critic, torch.Tensor):
-        lam_c = _check_lam_tensor("lam_critic", lam_critic, B).to(device)
-    else:
-        lam_c = _check_unit("lam_critic", lam_critic)
-    same = (
-        torch.equal(lam_a, lam_c)
-        if isinstance(lam_a, torch.Tensor) and isinstance(lam_c, torch.Tensor)
-        else lam_a == lam_c
-        if not isinstance(lam_a, torch.Tensor) and not isinstance(lam_c, torch.Tensor)
-        else False
-    )
-    return lam_a, None if same else lam_c
-
-
-def _row_lams(lam, B: int, device: torch.device) -> torch.Tensor:
-    """A float or (B,) lambda as a float64 (B,) tensor on `device`."""
-    if isinstance(lam, torch.Tensor):
-        return lam.to(device=device, dtype=torch.float64)
-    return torch.full((B,), float(lam), dtype=torch.float64, device=device)
 
 
 def length_adaptive_lam(mask: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -193,61 +114,6 @@ def length_adaptive_lam(mask: torch.Tensor, alpha: float) -> torch.Tensor:
     return lam.clamp(0.0, 1.0)
 
 
-def _validated(rewards, values, mask, gamma, lam, last_value):
-    """Shape, dtype and range checks: O(1) work, done in Python before any kernel runs."""
-    rewards = _check_float_2d("rewards", rewards)
-    values = _check_float_2d("values", values)
-    if values.shape != rewards.shape:
-        raise AdvantageInputError(
-            f"values has shape {tuple(values.shape)} but rewards has shape {tuple(rewards.shape)}"
-        )
-    if values.device != rewards.device:
-        raise AdvantageInputError(f"values is on {values.device} but rewards is on {rewards.device}")
-    m = _check_mask(mask, rewards.shape, rewards.device)
-    gamma = _check_unit("gamma", gamma)
-    if not isinstance(lam, torch.Tensor):
-        lam = _check_unit("lam", lam)
-    cdt, odt = _compute_dtype(rewards.dtype, values.dtype)
-    lv = _check_last_value(last_value, rewards.shape[0], rewards.device, cdt)
-    return rewards.to(cdt), values.to(cdt), m, gamma, lam, lv, odt
-
-
-def _value_error(code: int, b: int, t: int, rewards: torch.Tensor, values: torch.Tensor, lv: torch.Tensor):
-    if code == 1:
-        return AdvantageInputError(
-            f"rewards[{b}, {t}] is {rewards[b, t].item()} at an action position (must be finite)"
-        )
-    if code == 2:
-        return AdvantageInputError(
-            f"values[{b}, {t}] is {values[b, t].item()} at an action position (must be finite)"
-        )
-    if code == 3:
-        return AdvantageInputError(
-            f"rewards[{b}, {t}] = {rewards[b, t].item()} at a non-action position (mask is False there); "
-            "rewards must sit on action tokens, or the final reward of an episode ending on an "
-            "observation token would be lost"
-        )
-    if code == 4:
-        return AdvantageInputError(f"last_value[{b}] is {lv[b].item()} (must be finite)")
-    raise AssertionError(f"unknown kernel error code {code}")
-
-
-def _first_bad_torch(rewards: torch.Tensor, values: torch.Tensor, m: torch.Tensor, lv: torch.Tensor):
-    """The value checks as torch passes (used by the torch and reference backends)."""
-    bad_lv = ~torch.isfinite(lv)
-    if bool(bad_lv.any()):
-        return 4, int(bad_lv.nonzero()[0, 0]), -1
-    codes = torch.zeros(rewards.shape, dtype=torch.int8, device=rewards.device)
-    codes[~m & (rewards != 0)] = 3
-    codes[m & ~torch.isfinite(values)] = 2
-    codes[m & ~torch.isfinite(rewards)] = 1
-    bad = (codes != 0).nonzero()
-    if bad.numel() == 0:
-        return 0, -1, -1
-    b, t = int(bad[0, 0]), int(bad[0, 1])
-    return int(codes[b, t]), b, t
-
-
 # --------------------------------------------------------------------------- backends
 
 
@@ -258,14 +124,14 @@ def gae_reference(rewards, values, mask, *, gamma, lam, last_value=None, lam_cri
     `lam` and `lam_critic` as in `compute_gae` (a float or a (B,) tensor; lam_critic None:
     the returns use `lam`). Inputs are validated; returns `(advantages, returns)` shaped `(B, T)`.
     """
-    r, v, m, gamma, _, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
-    lam_a, lam_c = _lambdas(lam, lam_critic, r.shape[0], r.device)
-    code, b, t = _first_bad_torch(r, v, m, lv)
+    r, v, m, gamma, _, lv, odt = validated(rewards, values, mask, gamma, lam, last_value)
+    lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device)
+    code, b, t = first_bad_torch(r, v, m, lv)
     if code:
-        raise _value_error(code, b, t, r, v, lv)
+        raise value_error(code, b, t, r, v, lv)
     B, T = r.shape
-    la = _row_lams(lam_a, B, torch.device("cpu")).tolist()
-    lc = la if lam_c is None else _row_lams(lam_c, B, torch.device("cpu")).tolist()
+    la = row_lams(lam_a, B, torch.device("cpu")).tolist()
+    lc = la if lam_c is None else row_lams(lam_c, B, torch.device("cpu")).tolist()
     adv = torch.zeros((B, T), dtype=torch.float64)
     ret = torch.zeros((B, T), dtype=torch.float64)
     r64, v64, lv64, mc = r.double().cpu(), v.double().cpu(), lv.double().cpu(), m.cpu()
@@ -297,7 +163,7 @@ def _gae_torch_loop(r, v, m, lv, gamma, lam, lam_critic=None):
     gl = (gamma * lam).to(r.dtype) if isinstance(lam, torch.Tensor) else gamma * lam
     gl_c = None
     if lam_critic is not None:
-        gl_c = (gamma * _row_lams(lam_critic, B, r.device)).to(r.dtype)
+        gl_c = (gamma * row_lams(lam_critic, B, r.device)).to(r.dtype)
     next_v = lv.clone()
     next_a = torch.zeros(B, dtype=r.dtype, device=r.device)
     next_c = next_a.clone()
@@ -369,8 +235,8 @@ def compute_gae(
         at an action position, or a non-zero reward at a non-action position; value errors
         name the first bad `[b, t]`.
     """
-    r, v, m, gamma, _, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
-    lam_a, lam_c = _lambdas(lam, lam_critic, r.shape[0], r.device)
+    r, v, m, gamma, _, lv, odt = validated(rewards, values, mask, gamma, lam, last_value)
+    lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device)
     name = _pick_backend(r.device, backend)
     if name == "reference":
         return gae_reference(
@@ -390,11 +256,11 @@ def compute_gae(
 
         adv, ret, (code, b, t) = gae_triton(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
     else:
-        code, b, t = _first_bad_torch(r, v, m, lv)
+        code, b, t = first_bad_torch(r, v, m, lv)
         if not code:
             adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam_a, lam_c)
     if code:
-        raise _value_error(code, b, t, r, v, lv)
+        raise value_error(code, b, t, r, v, lv)
     return adv.to(odt), ret.to(odt)
 
 
@@ -498,89 +364,15 @@ def compute_weighted_advantages(
         raise AdvantageInputError(f"horizon must be an integer >= 1, got {horizon!r}")
     if weighting == "power" and (p is None or not math.isfinite(float(p)) or float(p) < 0):
         raise AdvantageInputError(f"p must be a finite number >= 0 for the power weighting, got {p!r}")
-    r, v, m, gamma, lam_v, lv, odt = _validated(
+    r, v, m, gamma, lam_v, lv, odt = validated(
         rewards, values, mask, gamma, 0.0 if lam is None else lam, last_value
     )
-    code, b, t = _first_bad_torch(r, v, m, lv)
+    code, b, t = first_bad_torch(r, v, m, lv)
     if code:
-        raise _value_error(code, b, t, r, v, lv)
+        raise value_error(code, b, t, r, v, lv)
     W = tail_weights(weighting, horizon, lam=lam_v, p=p)
     adv, ret = _advantages_from_tail(r, v, m, lv, gamma, W)
     return adv.to(odt), ret.to(odt)
-
-
-# --------------------------------------------------------------------------- group baselines
-
-
-def _check_group_inputs(scores, group_ids, mask):
-    if not isinstance(scores, torch.Tensor) or scores.ndim != 1:
-        raise AdvantageInputError(
-            f"scores must be a 1-D (B,) tensor, got {getattr(scores, 'shape', type(scores))}"
-        )
-    if not torch.is_floating_point(scores):
-        raise AdvantageInputError(f"scores must have a floating-point dtype, got {scores.dtype}")
-    if not isinstance(group_ids, torch.Tensor) or group_ids.shape != scores.shape:
-        raise AdvantageInputError(
-            f"group_ids must be a tensor of shape {tuple(scores.shape)}, got {getattr(group_ids, 'shape', type(group_ids))}"
-        )
-    if torch.is_floating_point(group_ids) or group_ids.dtype == torch.bool:
-        raise AdvantageInputError(f"group_ids must have an integer dtype, got {group_ids.dtype}")
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or mask.shape[0] != scores.shape[0]:
-        raise AdvantageInputError(
-            f"mask must be (B, T) with B = {scores.shape[0]}, got {getattr(mask, 'shape', type(mask))}"
-        )
-    m = mask if mask.dtype == torch.bool else mask != 0
-    bad = ~torch.isfinite(scores)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise AdvantageInputError(f"scores[{i}] is {scores[i].item()} (must be finite)")
-    return m
-
-
-def _group_stats(scores: torch.Tensor, group_ids: torch.Tensor):
-    """Per-sample group size, sum and unbiased std (float64), gathered back to (B,)."""
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    G = int(inv.max()) + 1 if inv.numel() else 0
-    s = scores.double()
-    cnt = torch.zeros(G, dtype=torch.float64, device=s.device).index_add_(0, inv, torch.ones_like(s))
-    tot = torch.zeros(G, dtype=torch.float64, device=s.device).index_add_(0, inv, s)
-    mean = tot / cnt
-    sq = torch.zeros(G, dtype=torch.float64, device=s.device).index_add_(0, inv, (s - mean[inv]) ** 2)
-    std = torch.sqrt(sq / (cnt - 1).clamp(min=1))
-    return cnt[inv], tot[inv], mean[inv], std[inv]
-
-
-def _broadcast(a: torch.Tensor, m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.where(m, a.to(dtype).unsqueeze(1), torch.zeros((), dtype=dtype, device=m.device))
-
-
-def grpo_advantages(scores, group_ids, mask, *, eps: float = 1e-6, scale_by_std: bool = True):
-    """GRPO (Shao et al. 2024): `(s_i - mean_g) / (std_g + eps)`, std unbiased; broadcast over
-    the action tokens. `scale_by_std=False` is Dr. GRPO (Liu et al. 2025): `s_i - mean_g`.
-    A group of one gets 0. Returns `(advantages, returns)` with returns = advantages."""
-    m = _check_group_inputs(scores, group_ids, mask)
-    cnt, _, mean, std = _group_stats(scores, group_ids)
-    a = scores.double() - mean
-    if scale_by_std:
-        a = a / (std + eps)
-    a = torch.where(cnt > 1, a, torch.zeros_like(a))
-    adv = _broadcast(a, m, scores.dtype)
-    return adv, adv.clone()
-
-
-def dr_grpo_advantages(scores, group_ids, mask):
-    """Dr. GRPO: `s_i - mean_g` (no std scaling, no length normalisation here)."""
-    return grpo_advantages(scores, group_ids, mask, scale_by_std=False)
-
-
-def rloo_advantages(scores, group_ids, mask):
-    """RLOO (Ahmadian et al. 2024): `s_i - mean of the other samples of its group`; 0 alone."""
-    m = _check_group_inputs(scores, group_ids, mask)
-    cnt, tot, _, _ = _group_stats(scores, group_ids)
-    s = scores.double()
-    a = torch.where(cnt > 1, s - (tot - s) / (cnt - 1).clamp(min=1), torch.zeros_like(s))
-    adv = _broadcast(a, m, scores.dtype)
-    return adv, adv.clone()
 
 
 def reinforce_pp_advantages(rewards, mask, *, gamma: float = 1.0, whiten: bool = True):
@@ -590,10 +382,10 @@ def reinforce_pp_advantages(rewards, mask, *, gamma: float = 1.0, whiten: bool =
     The whitening is part of this estimator's definition; `returns` are the raw
     returns-to-go. Computed as GAE with `V = 0, lam = 1`, so it runs on the fast backends.
     """
-    rewards = _check_float_2d("rewards", rewards)
+    rewards = check_float_2d("rewards", rewards)
     zeros = torch.zeros_like(rewards)
     _, ret = compute_gae(rewards, zeros, mask, gamma=gamma, lam=1.0)
-    m = _check_mask(mask, rewards.shape, rewards.device)
+    m = check_mask(mask, rewards.shape, rewards.device)
     adv = masked_whiten(ret, m) if whiten else ret.clone()
     return adv, ret
 

@@ -46,6 +46,40 @@ class AdvantageConfig(BaseModel):
         False,
         description="Bootstrap rows cut at max_new_tokens from the critic's last value instead of treating them as terminal.",
     )
+    lam_critic: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Lambda of the critic's targets (returns); None: lam. VC-PPO's decoupled GAE (arXiv "
+        "2503.01491): 1.0, Monte-Carlo targets that do not bootstrap from the critic, with lam 0.95 for the policy.",
+    )
+    lam_schedule: Literal["fixed", "length_adaptive"] = Field(
+        "fixed",
+        description="The policy's lambda: fixed (lam) or length_adaptive, VAPO's 1 - 1/(length_alpha * l) "
+        "per row, l its action tokens, clipped to [0, 1] (arXiv 2504.05118).",
+    )
+    length_alpha: float = Field(
+        0.05, gt=0.0, description="alpha of the length-adaptive lambda (0.05 in VAPO)."
+    )
+    dynamic_sampling: Literal["off", "drop"] = Field(
+        "off",
+        description="DAPO's dynamic sampling for group estimators (arXiv 2503.14476): drop leaves groups whose "
+        "scores are all equal (zero advantage) out of every loss; the dropped fraction is logged.",
+    )
+
+    @model_validator(mode="after")
+    def _check_lambda_options(self) -> AdvantageConfig:
+        gae_only = self.lam_critic is not None or self.lam_schedule != "fixed"
+        if gae_only and self.estimator is not Estimator.GAE:
+            raise ValueError(
+                f"advantages.lam_critic and lam_schedule=length_adaptive are GAE's; estimator is {self.estimator.value!r}"
+            )
+        if self.dynamic_sampling != "off" and self.estimator.value not in ("grpo", "dr_grpo", "rloo"):
+            raise ValueError(
+                "advantages.dynamic_sampling filters groups of samples: use it with estimator grpo, dr_grpo or "
+                f"rloo, not {self.estimator.value!r}"
+            )
+        return self
 
 
 class RegistryConfig(BaseModel):
