@@ -26,6 +26,7 @@ from tasks.rewards import score_rollouts
 from tasks.rollout import rollout_task
 from tasks.store import fill_train_logprobs, store_iteration
 from tasks.train import train_iteration
+from tasks.value_pretrain import value_pretrain_task
 
 
 class _Clock:
@@ -199,6 +200,8 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     cfg["registry"]["experiment"],
                     label="baseline",
                 )
+                # VC-PPO: the critic first fits the frozen policy's returns (ppo.value_pretrain_iterations)
+                policy_dir = value_pretrain_task(data_dir, run, base, policy_dir, cfg)["model_dir"]
             for it in range(run["start_iteration"], config.iterations):
                 out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef)
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from gae.device import autocast
-from gae.losses import AggMode, entropy_loss, kl_loss, policy_loss, value_loss
+from gae.losses import AggMode, RatioLevel, entropy_loss, kl_loss, policy_loss, value_loss
 from gae.masked import masked_whiten
 
 ScoreFn = Callable[..., object]
@@ -108,28 +108,34 @@ class LossDenominators:
     """The counts a minibatch's aggregated losses divide by (see `gae.losses.aggregate`).
 
     tokens: action tokens of the minibatch (token-mean); rows: its rows holding at least one
-    action token (the sequence means). Both >= 1.
+    action token (the sequence means); positive_tokens: action tokens of its positive
+    samples (VAPO's positive-example NLL, `gae.losses.positive_nll_loss`). All >= 1.
     """
 
     tokens: int
     rows: int
+    positive_tokens: int = 1
 
 
-def local_denominators(mask: torch.Tensor) -> torch.Tensor:
-    """The raw counts of a minibatch's `(B_mb, T)` action mask as an int64 tensor
-    `[tokens, non-empty rows]`. The only place the denominators are counted."""
-    return torch.stack([mask.sum(), mask.any(-1).sum()]).to(torch.int64)
+def local_denominators(mask: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
+    """The raw counts of a minibatch's `(B_mb, T)` loss mask as an int64 tensor
+    `[tokens, non-empty rows, positive tokens]` (`positive`: the mask of the positive samples'
+    tokens, or None: 0). The only place the denominators are counted."""
+    n_pos = positive.sum() if positive is not None else torch.zeros((), dtype=torch.int64, device=mask.device)
+    return torch.stack([mask.sum(), mask.any(-1).sum(), n_pos]).to(torch.int64)
 
 
-def loss_denominators(mask: torch.Tensor, reduce_sum: ReduceFn | None = None) -> LossDenominators:
-    """`local_denominators(mask)`, summed over data-parallel ranks by `reduce_sum` when given
-    (each rank holds a shard of the minibatch, and the loss must divide by the whole
+def loss_denominators(
+    mask: torch.Tensor, reduce_sum: ReduceFn | None = None, *, positive: torch.Tensor | None = None
+) -> LossDenominators:
+    """`local_denominators(mask, positive)`, summed over data-parallel ranks by `reduce_sum` when
+    given (each rank holds a shard of the minibatch, and the loss must divide by the whole
     minibatch's counts, not the shard's), then clamped to >= 1 (an empty minibatch adds 0)."""
-    counts = local_denominators(mask)
+    counts = local_denominators(mask, positive)
     if reduce_sum is not None:
         counts = reduce_sum(counts)
-    tokens, rows = (int(c) for c in counts.tolist())
-    return LossDenominators(tokens=max(tokens, 1), rows=max(rows, 1))
+    tokens, rows, pos = (int(c) for c in counts.tolist())
+    return LossDenominators(tokens=max(tokens, 1), rows=max(rows, 1), positive_tokens=max(pos, 1))
 
 
 def micro_batch_weights(m: torch.Tensor, denoms: LossDenominators, agg: AggMode) -> tuple[float, float]:
@@ -159,15 +165,24 @@ def policy_objective(
     entropy_coef: float,
     agg: AggMode,
     kl: tuple[float, torch.Tensor, str, float | None] | None = None,
+    ratio_level: RatioLevel = "token",
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
     """Step 3, "policy loss" on one micro batch: (pg - entropy_coef * H, kl_coef * KL or None, metrics).
 
-    pg is the clipped surrogate (`gae.losses.policy_loss`), H the entropy (a bonus, subtracted);
-    `kl`, when the KL to the reference sits in the loss, is (kl_coef, ref_logp, estimator, clamp).
-    All tensors (B_mu, T).
+    pg is the clipped surrogate (`gae.losses.policy_loss`; with ratio_level "sequence" on GSPO's
+    sequence ratio), H the entropy (a bonus, subtracted); `kl`, when the KL to the reference
+    sits in the loss, is (kl_coef, ref_logp, estimator, clamp). All tensors (B_mu, T).
     """
     pg, metrics = policy_loss(
-        logp, old_logp, advantages, m, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, agg=agg
+        logp,
+        old_logp,
+        advantages,
+        m,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        agg=agg,
+        ratio_level=ratio_level,
     )
     ent, ent_m = entropy_loss(entropy, m, agg=agg)
     metrics.update(ent_m)

@@ -73,6 +73,15 @@ class RewardConfig(BaseModel):
         default_factory=lambda: [RewardComponent(name="chrf")],
         description="Components summed with their weights; each is also kept as its own column.",
     )
+    overlong_buffer: int | None = Field(
+        None,
+        ge=1,
+        description="DAPO's soft overlong punishment: the last this many tokens before rollout.max_new_tokens "
+        "lose reward linearly (gae.shaping.overlong_penalty), kept as the component `overlong`. None: off.",
+    )
+    overlong_penalty: float = Field(
+        1.0, ge=0, description="Reward lost at the length limit under overlong_buffer (1 in DAPO)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
@@ -546,4 +555,9 @@ def score_inputs(inputs: RewardInputs, cfg: RewardConfig) -> ScoreTable:
 
 def score_batch(batch, cfg: RewardConfig) -> ScoreTable:
     """Score a `gae.batch.RolloutBatch`: `.total` (B,) and `.components[name]` (B,), float32."""
-    return score_inputs(RewardInputs.from_batch(batch), cfg)
+    table = score_inputs(RewardInputs.from_batch(batch), cfg)
+    if cfg.overlong_buffer:  # training-time length shaping (DAPO); evaluation scores without it
+        from gae.shaping import add_overlong_component
+
+        table = add_overlong_component(table, batch, cfg.overlong_buffer, cfg.overlong_penalty)
+    return table
