@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Order is the order of `gae --help`.
-COMMAND_MODULES = ("run", "config", "ingest", "sql", "models", "serve", "status", "demo")
+COMMAND_MODULES = ("run", "config", "ingest", "sql", "models", "serve", "status", "demo", "show", "report")
 
 
 def _register_all() -> None:

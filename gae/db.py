@@ -36,7 +36,11 @@ def _as_data_dir(data_dir: DataDir | str | os.PathLike | None) -> DataDir:
 
 
 def connect(
-    data_dir: DataDir | str | os.PathLike | None = None, *, read_only: bool = False, views: bool = True
+    data_dir: DataDir | str | os.PathLike | None = None,
+    *,
+    read_only: bool = False,
+    views: bool = True,
+    confine: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """Open `<data-dir>/gae.duckdb`.
 
@@ -44,6 +48,9 @@ def connect(
     need an existing database (FileNotFoundError otherwise) and refuse every write. Both
     get the TEMP views over Parquet from `gae.store.register_views` when that module exists
     (views=False skips them: ingest never reads Parquet, and gae.store imports torch).
+    confine=True (what `gae sql` and `gae query` use) leaves the connection able to read
+    files under the data directory only, with no extensions and no setting changes
+    (`gae.sqlsafe.lock_down`); the store views read Parquet there, so they keep working.
     """
     import duckdb
 
@@ -55,6 +62,8 @@ def connect(
         path.parent.mkdir(parents=True, exist_ok=True)
     # No network at run time: never fetch an extension behind the user's back.
     config = {"autoinstall_known_extensions": False}
+    if confine:
+        config["autoload_known_extensions"] = False
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.IOException as exc:
@@ -67,6 +76,10 @@ def connect(
             migrate(con)
         if views:
             _register_store_views(con, dd)
+        if confine:
+            from gae.sqlsafe import lock_down
+
+            lock_down(con, allowed_directories=[str(dd.root)])
     except BaseException:
         con.close()
         raise

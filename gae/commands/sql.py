@@ -34,12 +34,19 @@ def register(app: typer.Typer) -> None:
         ),
         fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
         max_rows: int = typer.Option(100, help="Rows shown by --format table (csv and json print all)."),
+        allow_external: bool = typer.Option(
+            False,
+            "--allow-external",
+            help="Let the query read files outside the data directory (read_csv, read_parquet, glob of "
+            "your own files). Off by default: only the data directory is readable.",
+        ),
     ) -> None:
-        """Run SQL on the project's database through a read-only connection (writes are refused)."""
+        """Run SQL on the project's database through a read-only connection (writes are refused;
+        files outside the data directory are unreadable unless --allow-external)."""
         _check_format(fmt)
         from gae.db import connect
 
-        con = connect(data_dir, read_only=True, views=False)
+        con = connect(data_dir, read_only=True, views=False, confine=not allow_external)
         try:
             check_query_only(con, query)
             rel = _with_views(con, data_dir, lambda: con.sql(query))
@@ -78,7 +85,7 @@ def register(app: typer.Typer) -> None:
             params[k.strip()] = coerce_param(v)
         if name not in queries:
             raise ValueError(f"no named query {name!r}; `gae query --list` shows them: {', '.join(queries)}")
-        con = connect(data_dir, read_only=True, views=False)
+        con = connect(data_dir, read_only=True, views=False, confine=True)
         try:
             _print(_with_views(con, data_dir, lambda: run_query(con, name, params)), fmt, max_rows)
         finally:
@@ -150,8 +157,19 @@ def _guard(fn):
         raise _clear(exc) from None
 
 
+_NO_ACCESS = re.compile(r'Cannot access (?:file|directory) "([^"]*)" - file system operations are disabled')
+
+
 def _clear(exc: Exception) -> RuntimeError:
     msg = str(exc)
+    denied = _NO_ACCESS.search(msg)
+    if denied:
+        return RuntimeError(
+            f"the query reads {denied.group(1)}, outside the data directory: gae sql reads files under the "
+            "data directory only; pass --allow-external to read your own files"
+        )
+    if "Loading external extensions is disabled" in msg:
+        return RuntimeError("gae sql loads no extensions: " + " ".join(msg.split()))
     if "read-only mode" in msg:
         return RuntimeError(
             "gae sql and gae query are read-only: the statement would change the database and was refused, "
