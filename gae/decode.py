@@ -32,6 +32,7 @@ graph; tests/test_cuda_decode.py with the graph on CUDA).
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from collections import OrderedDict
 
@@ -155,9 +156,22 @@ class StaticDecoder:
             self._decode()
 
     def _capture(self) -> None:
+        """Record one `_decode` as a graph. Recording runs nothing, so the buffers are where the
+        warm-up steps left them. A step that cannot be captured (a model whose forward reads a
+        value back to the host) leaves this decoder eager, with a warning naming the error."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._decode()
+        try:
+            with torch.cuda.graph(graph):
+                self._decode()
+        except RuntimeError as e:
+            self.use_graph = False
+            warnings.warn(
+                f"static decode: the step could not be captured as a CUDA graph, decoding eagerly "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
         self.graph = graph
 
     # ------------------------------------------------------------------ one call
