@@ -683,7 +683,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--model-budget-s",
         type=float,
-        default=420.0,
+        default=360.0,
         help="section 'model': start no method after this many seconds (what is left is reported as skipped)",
     )
     args = ap.parse_args(argv)
@@ -762,6 +762,12 @@ def main(argv=None) -> int:
     results: dict = {}
     errors: dict = {}
 
+    def write(res: dict = results) -> None:
+        # after every section (and every part of section 6): a run stopped from outside, at a
+        # device call's time limit say, keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report(env, res, errors))
+
     def section(key, fn):
         # A failing section is reported and the others still run: one GPU session should
         # come back with every figure it could measure.
@@ -773,6 +779,7 @@ def main(argv=None) -> int:
             import traceback
 
             traceback.print_exc()
+        write()
         return results.get(key)
 
     copy = None
@@ -829,7 +836,15 @@ def main(argv=None) -> int:
     if "model" in wanted:
         from bench.gpu_model import bench_real_model
 
-        section("model", lambda: bench_real_model(device, args.cpu_dry_run, args.model_budget_s))
+        section(
+            "model",
+            lambda: bench_real_model(
+                device,
+                args.cpu_dry_run,
+                args.model_budget_s,
+                progress=lambda res: write({**results, "model": res}),
+            ),
+        )
 
     if "pipeline" in wanted:
         pipe = section("pipeline", lambda: bench_pipeline(device, work, args.iterations))
@@ -840,9 +855,7 @@ def main(argv=None) -> int:
             for k, v in pipe["timing_s"].items():
                 print(f"  {k:32s} {v:8.3f} s")
 
-    text = report(env, results, errors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write()
     print(f"\nwrote {out}" + (f"; failed sections: {', '.join(errors)}" if errors else ""))
     return 1 if errors else 0
 

@@ -334,8 +334,11 @@ def bench_ppo(model, sizes: dict, device, matmul: float) -> list[dict]:
 # --------------------------------------------------------------------------- the section
 
 
-def bench_real_model(device, dry_run: bool, time_budget_s: float) -> dict:
-    """Decode at each batch size, then the PPO update; skips what the time budget leaves no room for."""
+def bench_real_model(device, dry_run: bool, time_budget_s: float, progress=None) -> dict:
+    """Decode at the first batch size, the PPO update, then the other batch sizes; skips what the
+    time budget leaves no room for. `progress(res)` is called after each part (the caller writes
+    the report then, so a run stopped from outside keeps what it measured)."""
+    progress = progress or (lambda res: None)
     import copy
 
     import torch
@@ -354,6 +357,8 @@ def bench_real_model(device, dry_run: bool, time_budget_s: float) -> dict:
     first, *rest = sizes["batches"]
     res["decode"].append(bench_decode(decoder, sizes, first, device, dry_run, deadline))
     _print_decode(res["decode"][-1])
+    res["seconds"] = time.perf_counter() - start
+    progress(res)
     if time.perf_counter() < deadline:
         try:
             res["ppo"] = bench_ppo(model, sizes, device, matmul)
@@ -363,10 +368,13 @@ def bench_real_model(device, dry_run: bool, time_budget_s: float) -> dict:
             print(f"  PPO update FAILED: {res['ppo_error']}")
     else:
         res["ppo_error"] = "skipped: time budget spent"
+    res["seconds"] = time.perf_counter() - start
+    progress(res)
     for b in rest:
         res["decode"].append(bench_decode(decoder, sizes, b, device, dry_run, deadline))
         _print_decode(res["decode"][-1])
-    res["seconds"] = time.perf_counter() - start
+        res["seconds"] = time.perf_counter() - start
+        progress(res)
     return res
 
 

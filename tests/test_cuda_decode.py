@@ -15,8 +15,7 @@ import torch
 from gae.decode import _DECODERS, release_decoders
 from gae.models import ModelConfig, build_model, score_responses
 from gae.rollout import RolloutConfig, generate_rollouts, sample_batch
-from tests.test_decode import EOS, PAD, V, eos_biased, prompt_rows, qwen2_tiny_dir
-from tests.test_models import hf_tiny_dir
+from tests.test_decode import EOS, PAD, STATIC_ARCHS, V, prompt_rows, static_arch_model
 
 pytestmark = pytest.mark.cuda
 DEV = torch.device("cuda")
@@ -27,16 +26,9 @@ SAMPLINGS = {
 }
 
 
-@pytest.fixture(scope="module", params=["gpt", "hf-gpt2", "hf-qwen2"])
+@pytest.fixture(scope="module", params=STATIC_ARCHS)
 def model(request, tmp_path_factory):
-    if request.param == "gpt":
-        cfg = ModelConfig.preset("tiny")
-    elif request.param == "hf-gpt2":
-        cfg = ModelConfig(arch="hf", hf_path=hf_tiny_dir(tmp_path_factory))
-    else:
-        cfg = ModelConfig(arch="hf", hf_path=qwen2_tiny_dir(tmp_path_factory))
-    torch.manual_seed(0)
-    return eos_biased(build_model(cfg, V).to(DEV).eval(), 3.0)
+    return static_arch_model(request.param, tmp_path_factory, device="cuda")
 
 
 def run(model, rows, seeds, *, decode, max_new_tokens=24, bf16=False, **kw):

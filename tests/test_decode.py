@@ -58,17 +58,25 @@ def eos_biased(model, bias: float):
     return model
 
 
-@pytest.fixture(scope="module", params=["gpt", "hf-gpt2", "hf-qwen2"])
-def model(request, tmp_path_factory):
-    if request.param == "gpt":
+STATIC_ARCHS = ["gpt", "hf-gpt2", "hf-qwen2"]
+
+
+def static_arch_model(name: str, tmp_path_factory, device: str = "cpu"):
+    """A tiny model of each arch with a static cache, its EOS favoured: p(EOS) ~ e^3 / (e^3 + 300)
+    ~ 0.06 per step, so rows end anywhere in 1..24 steps, or run to the limit."""
+    if name == "gpt":
         cfg = ModelConfig.preset("tiny")
-    elif request.param == "hf-gpt2":
+    elif name == "hf-gpt2":
         cfg = ModelConfig(arch="hf", hf_path=hf_tiny_dir(tmp_path_factory))
     else:
         cfg = ModelConfig(arch="hf", hf_path=qwen2_tiny_dir(tmp_path_factory))
     torch.manual_seed(0)
-    # p(EOS) ~ e^3 / (e^3 + 300) ~ 0.06 per step: rows end anywhere in 1..24 steps, or run to the limit
-    return eos_biased(build_model(cfg, V).eval(), 3.0)
+    return eos_biased(build_model(cfg, V).to(device).eval(), 3.0)
+
+
+@pytest.fixture(scope="module", params=STATIC_ARCHS)
+def model(request, tmp_path_factory):
+    return static_arch_model(request.param, tmp_path_factory)
 
 
 def prompt_rows(n: int, seed: int, max_len: int = 14) -> list[list[int]]:
