@@ -110,8 +110,10 @@ def _host_syncs(fn, tmp_path) -> dict:
 
 
 def test_no_host_sync_per_step(model, tmp_path):
-    """64 steps, no row stops (EOS id -1): the dynamic loop reads a count back every step, the
-    static one every `check_every` steps (and a handful of copies per call)."""
+    """64 steps, no row stops (EOS id -1): the dynamic loop reads a count back every step; the
+    static one reads its 'all finished' flag every `check_every` steps (7 copies, 6 waits) plus
+    a fixed handful per call (prompts and uniforms to the device, the lengths and finish reasons
+    back, the test's own synchronize)."""
     rows, seeds = prompt_rows(8, seed=6), list(range(8))
     kw = dict(max_new_tokens=64, eos_id=-1, pad_id=PAD, device=DEV, **SAMPLINGS["t1"])
     sample_batch(model, rows, seeds, decode="static", check_every=8, **kw)  # capture outside the count
@@ -119,10 +121,10 @@ def test_no_host_sync_per_step(model, tmp_path):
     sta = _host_syncs(
         lambda: sample_batch(model, rows, seeds, decode="static", check_every=8, **kw), tmp_path
     )
-    assert dyn["dtoh"] >= 63
+    assert dyn["dtoh"] >= 63 and dyn["sync"] >= 63, dyn
     assert sta["graph"] == 63  # one launch per step after the prefill (the graph exists: no warm-up)
-    assert sta["dtoh"] <= 64 // 8 + 4, sta
-    assert sta["sync"] <= 64 // 8 + 4, sta
+    assert sta["dtoh"] <= 64 // 8 + 6, sta
+    assert sta["sync"] <= 64 // 8 + 8, sta
 
 
 def test_generate_rollouts_defaults_on_cuda(tmp_path):
