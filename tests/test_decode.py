@@ -132,6 +132,30 @@ def test_check_interval_does_not_change_results(model, check_every):
     assert_same(dyn, sta)
 
 
+def test_static_step_under_bf16_autocast(model):
+    """bf16 autocast (CPU's standing in for CUDA's, where the static loop turns it on): a prefill
+    and one decode step through the static cache give the dynamic cache's logits up to bf16
+    rounding (the GPT's cache keeps float32, as its dynamic cache does; HF's StaticCache takes
+    the bf16 of the keys it is first given)."""
+    from gae.decode import StaticDecoder
+
+    dyn, _ = both(model, prompt_rows(3, seed=8), [1, 2, 3], temperature=0.0, top_k=0, top_p=1.0)
+    ids, mask, nxt = dyn["prompt_tokens"], dyn["prompt_mask"], dyn["response_tokens"][:, :1]
+    dec = StaticDecoder(
+        model, rows=4, max_len=64, max_new_tokens=4, temperature=0.0, top_k=0, top_p=1.0, eos_id=EOS,
+        pad_id=PAD, device=torch.device("cpu"), bf16=False, cuda_graph=False,
+    )  # fmt: skip
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_cache(3, 64)
+        _, cache = model.decode_step(ids, mask, cache, last_only=True)
+        ref, _ = model.decode_step(nxt, torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], 1), cache)
+        dec._prefill(ids, mask, None)  # samples token 0 (greedy) into dec.cur
+        assert torch.equal(dec.cur[:3], nxt)
+        dec.key_mask.index_fill_(1, dec.col, True)
+        got = model.static_step(dec.cur, dec.pos, dec.key_mask[:, None, None, :], dec.cache)
+    torch.testing.assert_close(got[:3].float(), ref[:, -1].float(), atol=0.1, rtol=0.05)
+
+
 def test_decoder_reused_across_calls_prompt_lengths_and_batch_sizes(model):
     release_decoders(model)
     kw = dict(temperature=1.0, top_k=0, top_p=1.0)
