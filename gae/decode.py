@@ -22,7 +22,8 @@ Finished rows keep running (they emit padding), and "have all rows finished?" is
 every `check_every` steps from a copy queued `check_every` steps earlier, so the host never
 waits on the step it just queued. Extra rows up to the bucket are padding rows, finished from
 the start. Graphs are kept per (model weights, R, S, new tokens, sampling settings) and reused
-by later calls: a rollout's chunks share one.
+by later calls: a rollout's chunks share one. `gae.rollout.generate_rollouts` and `generate`
+release them when they return, so the PPO update gets their memory back.
 
 The tokens and log-probs equal the dynamic loop's for the same seeds up to float summation
 order (tests/test_decode.py compares them on CPU, where the same static loop runs without a
