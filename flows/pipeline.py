@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from gae.config import PipelineConfig
 from tasks.advantages import compute_advantages
@@ -199,16 +200,19 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     cfg["registry"]["experiment"],
                     label="baseline",
                 )
+            # quote(): plain values, not tracked inputs. The policy directory and KL coefficient
+            # are a subflow's results, and Prefect would record them (and any object whose id
+            # it recycles) as flow-run inputs, which the UI's Task Runs tab cannot read (issue 17).
             for it in range(run["start_iteration"], config.iterations):
-                out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef)
+                out = rl_iteration(*map(quote, (cfg, data_dir, run, it, base, policy_dir, kl_coef)))
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
                 history.append(out["metrics"])
             registered = None
             if config.registry.enabled:
-                registered = register_policy(data_dir, run, policy_dir, base["tokenizer"], cfg)
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "finished")
+                registered = register_policy(*map(quote, (data_dir, run, policy_dir, base["tokenizer"], cfg)))
+            finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "finished")))
         except BaseException:
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
+            finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "failed")))
             raise
     return {
         "run_id": run["run_id"],
