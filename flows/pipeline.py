@@ -161,7 +161,9 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     dd = DataDir.resolve(config.data_dir).ensure()
     data_dir = str(dd.root)
     logger = get_run_logger()
-    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"):
+    from flows.deployments import lock_hint
+
+    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}", **lock_hint()):
         summary = ingest_task(data_dir, config.corpus, cfg["ingest"], skip_unchanged=True)
         # the run's own corpus: a data directory may also hold corpora of earlier runs
         corpus = summary.get("corpus_id")
