@@ -83,8 +83,13 @@ def describe_holder(holder: dict) -> str:
 
 
 @contextlib.contextmanager
-def writer_lock(lock_path: str | os.PathLike, *, what: str = "") -> Iterator[dict]:
-    """Hold the exclusive writer lock for the duration of the block, or raise DataDirLocked."""
+def writer_lock(
+    lock_path: str | os.PathLike, *, what: str = "", hint: str = "use another --data-dir"
+) -> Iterator[dict]:
+    """Hold the exclusive writer lock for the duration of the block, or raise DataDirLocked.
+
+    hint: what the message suggests besides waiting; a run started from the Prefect UI has
+    no `--data-dir` to change, and says so in its own words."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -95,7 +100,7 @@ def writer_lock(lock_path: str | os.PathLike, *, what: str = "") -> Iterator[dic
             holder = read_holder(lock_path)
             raise DataDirLocked(
                 f"data directory {lock_path.parent} is in use by {describe_holder(holder)}; "
-                "wait for that run to finish or use another --data-dir"
+                f"wait for that run to finish or {hint}"
             ) from None
         holder = {
             "pid": os.getpid(),

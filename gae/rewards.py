@@ -50,7 +50,10 @@ class RewardComponent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Registered component name (see REWARDS) or a callable 'module:function'.")
+    name: str = Field(
+        description="A built-in component (bleu, chrf, rouge_l, unigram_f1, ends_sentence, length_window, "
+        "distinct_n, exact_match, regex, python, sql) or a callable 'module:function'."
+    )
     weight: float = Field(default=1.0, description="Multiplier of this column in the total score.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the component.")
     column: str | None = Field(

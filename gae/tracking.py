@@ -12,7 +12,9 @@ What a run holds:
 - artifacts: `config.json`, `generations/iter-NNNNN.json` (a table of sample prompts,
   responses, scores and reward components per iteration, replaced when an iteration is
   logged again), `generations/baseline.json` (the pretrained policy's samples),
-  `plots/training.png` (reward, KL and explained variance over iterations);
+  `plots/training.png` (reward, KL and explained variance over iterations),
+  `plots/<name>/iter-NNNNN.png` (per-iteration plots of the token store, `gae.plots`) and
+  `reports/iter-NNNNN.html` (the iteration's token report, `gae.report`);
 - tags: `gae.run_id`, `gae.data_dir` and the Parquet locations of the run's tokens and
   rollouts (lineage from a metric back to the rows that produced it).
 
@@ -337,6 +339,23 @@ class Tracker:
         entry = {"path": path, "type": "table"}
         if entry not in logged:
             self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged + [entry]))
+        return path
+
+    def log_figures(self, figures: dict[str, Any], *, iteration: int) -> list[str]:
+        """Per-iteration figures (name -> matplotlib Figure) as `plots/<name>/iter-NNNNN.png`:
+        one folder per plot, so its iterations sit side by side in the artifact browser."""
+        paths = []
+        for name, fig in figures.items():
+            path = f"plots/{name}/iter-{int(iteration):05d}.png"
+            self.client.log_figure(self.run_id, fig, path)
+            paths.append(path)
+        return paths
+
+    def log_report(self, page: str, *, iteration: int) -> str:
+        """The iteration's HTML token report as `reports/iter-NNNNN.html` (replaced when the
+        iteration is logged again); MLflow's artifact view shows it with its script running."""
+        path = f"reports/iter-{int(iteration):05d}.html"
+        self.client.log_text(self.run_id, page, path)
         return path
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
