@@ -48,6 +48,7 @@ class _Writer:
             "prompt_field_name": repr(cfg.prompt_field),
             "joiner": cfg.list_joiner,
             "max_chars": cfg.max_chars,
+            "max_control": cfg.max_control_fraction,
             "raw_max": cfg.raw_max_chars,
             "meta_remove": meta_remove,
             "eval_bp": round(cfg.eval_fraction * 10000),
@@ -110,13 +111,13 @@ class _Writer:
         )
         _exec(con, "select_new", params)
         counts = con.execute(
-            """select c.source, c.reason, count(*), count(n.document_id)
+            """select c.source, c.reason, count(*), count(n.document_id), any_value(c.detail)
                from _classified c left join _new n on c.reason is null and n.source = c.source
                     and n.line is not distinct from c.line and n.record is not distinct from c.record
                     and n.byte_offset is not distinct from c.byte_offset
                group by all"""
         ).fetchall()
-        for source, reason, n, new in counts:
+        for source, reason, n, new, detail in counts:
             fs = files[source]
             fs.records += n
             if reason is None:
@@ -125,6 +126,8 @@ class _Writer:
             else:
                 by_reason[reason] = by_reason.get(reason, 0) + n
                 fs.quarantined += n
+                if reason == "unreadable":  # a reader's whole-file failure: one record for the file
+                    fs.error = detail
         _exec(con, "insert_documents", params)
         ((prompts,),) = _exec(con, "insert_field_prompts", params).fetchall()
         if self.cfg.make_prompts and self.cfg.max_prompts_per_document > 0:

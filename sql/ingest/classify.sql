@@ -110,6 +110,19 @@ normalised as (
     from folded
 ),
 
+checked as (
+    select
+        *,
+        -- Control characters other than whitespace (C0 but \t\n\v\f\r, DEL, C1): binary data, or UTF-16
+        -- read as UTF-8 (a file of NUL bytes is valid UTF-8). Counted only in the rare texts holding one.
+        case
+            when r1 is null and text is not null and regexp_matches(text, '[\x00-\x08\x0E-\x1F\x7F-\x9F]')
+                then length(text) - length(regexp_replace(text, '[\x00-\x08\x0E-\x1F\x7F-\x9F]', '', 'g'))
+            else 0
+        end as n_control
+    from normalised
+),
+
 classified as (
     select
         *,
@@ -121,8 +134,9 @@ classified as (
             when text is null then 'missing_field'
             when length(text) > $max_chars then 'too_large'
             when norm = '' then 'empty_text'
+            when n_control > $max_control * length(text) then 'control_characters'
         end as why
-    from normalised
+    from checked
 )
 
 select
@@ -142,6 +156,8 @@ select
         when why = 'missing_field' then 'no ' || $text_field_name || ' or ' || $prompt_field_name || ' field'
         when why = 'too_large' then length(text) || ' characters, over the limit of ' || $max_chars
         when why = 'empty_text' then 'the text is empty or only whitespace'
+        when why = 'control_characters' then n_control || ' of ' || length(text)
+            || ' characters are control characters: binary data, or a UTF-16 file?'
     end as detail,
     case
         when why is null then null
