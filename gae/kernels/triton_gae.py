@@ -70,7 +70,7 @@ def _checks(r, v, m, offs, inb, T, bad_r, bad_v, stray):
 
 
 @triton.jit
-def _gae_row(
+def _gae_row_body(
     r_ptr,
     v_ptr,
     m_ptr,
@@ -79,75 +79,20 @@ def _gae_row(
     ret_ptr,
     bad_ptr,
     T,
-    coef_ptr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    # gamma and gamma*lam come in a tensor of the inputs' dtype: a Python float argument is
-    # compiled as fp32, which would cost float64 inputs about 1e-6 of accuracy.
-    gamma = tl.load(coef_ptr)
-    gl = tl.load(coef_ptr + 1)
-    base = row * T
-    carry_a = tl.load(lv_ptr + row) * 0.0  # A_{n+1} = 0, in the compute dtype
-    carry_v = tl.load(lv_ptr + row)  # V after the last action: the bootstrap
-    bad_r = T
-    bad_v = T
-    stray = T
-    n_chunks = tl.cdiv(T, BLOCK)
-    for i in range(0, n_chunks):
-        start = (n_chunks - 1 - i) * BLOCK
-        offs = start + tl.arange(0, BLOCK)
-        inb = offs < T
-        m = tl.load(m_ptr + base + offs, mask=inb, other=0) != 0
-        r = tl.load(r_ptr + base + offs, mask=inb, other=0.0)
-        v = tl.load(v_ptr + base + offs, mask=inb & m, other=0.0)
-        one = r * 0.0 + 1.0
-        zero = r * 0.0
-        p = tl.where(m, one * gl, one)
-        q = tl.where(m, one * gamma, zero)
-        s = tl.where(m, zero, one)
-        c = tl.where(m, r - v, zero)
-        d = tl.where(m, v, zero)
-        P, Q, S, C, D = tl.associative_scan((p, q, s, c, d), 0, _compose, reverse=True)
-        a_t = P * carry_a + Q * carry_v + C
-        v_t = S * carry_v + D
-        tl.store(adv_ptr + base + offs, tl.where(m, a_t, zero), mask=inb)
-        tl.store(ret_ptr + base + offs, tl.where(m, a_t + v, zero), mask=inb)
-        # The state at the chunk's first position carries into the chunk before it.
-        first = offs == start
-        carry_a = tl.sum(tl.where(first, a_t, zero), 0)
-        carry_v = tl.sum(tl.where(first, v_t, zero), 0)
-        bad_r, bad_v, stray = _checks(r, v, m, offs, inb, T, bad_r, bad_v, stray)
-    tl.store(bad_ptr + row * 3 + 0, bad_r)
-    tl.store(bad_ptr + row * 3 + 1, bad_v)
-    tl.store(bad_ptr + row * 3 + 2, stray)
-
-
-@triton.jit
-def _gae_row_lam(
-    r_ptr,
-    v_ptr,
-    m_ptr,
-    lv_ptr,
-    adv_ptr,
-    ret_ptr,
-    bad_ptr,
-    T,
-    coef_ptr,
+    row,
+    gamma,
+    gla,
+    glc,
     BLOCK: tl.constexpr,
     DECOUPLED: tl.constexpr,
 ):
-    """`_gae_row` with per-row coefficients `coef_ptr[row] = (gamma, gamma*lam_a, gamma*lam_c)`
-    (a (B, 3) tensor of the inputs' dtype). DECOUPLED False: returns from lam_a (5-field scan,
-    the same float operations as `_gae_row`); True: the 8-field scan of (A^a, A^c, V)."""
-    row = tl.program_id(0).to(tl.int64)
-    gamma = tl.load(coef_ptr + row * 3)
-    gla = tl.load(coef_ptr + row * 3 + 1)
-    glc = tl.load(coef_ptr + row * 3 + 2)
+    """One row, chunks from the last: the affine scan per chunk, the carry between chunks, the
+    input checks. gla = gamma*lam for the advantages; with DECOUPLED, glc = gamma*lam_critic
+    for the returns through the 8-field scan, else the returns come from gla (5 fields)."""
     base = row * T
-    carry_a = tl.load(lv_ptr + row) * 0.0
+    carry_a = tl.load(lv_ptr + row) * 0.0  # A_{n+1} = 0, in the compute dtype
     carry_c = carry_a
-    carry_v = tl.load(lv_ptr + row)
+    carry_v = tl.load(lv_ptr + row)  # V after the last action: the bootstrap
     bad_r = T
     bad_v = T
     stray = T
@@ -184,12 +129,60 @@ def _gae_row_lam(
             v_t = S * carry_v + D
             tl.store(adv_ptr + base + offs, tl.where(m, a_t, zero), mask=inb)
             tl.store(ret_ptr + base + offs, tl.where(m, a_t + v, zero), mask=inb)
+        # The state at the chunk's first position carries into the chunk before it.
         carry_a = tl.sum(tl.where(first, a_t, zero), 0)
         carry_v = tl.sum(tl.where(first, v_t, zero), 0)
         bad_r, bad_v, stray = _checks(r, v, m, offs, inb, T, bad_r, bad_v, stray)
     tl.store(bad_ptr + row * 3 + 0, bad_r)
     tl.store(bad_ptr + row * 3 + 1, bad_v)
     tl.store(bad_ptr + row * 3 + 2, stray)
+
+
+@triton.jit
+def _gae_row(
+    r_ptr,
+    v_ptr,
+    m_ptr,
+    lv_ptr,
+    adv_ptr,
+    ret_ptr,
+    bad_ptr,
+    T,
+    coef_ptr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    # gamma and gamma*lam come in a tensor of the inputs' dtype: a Python float argument is
+    # compiled as fp32, which would cost float64 inputs about 1e-6 of accuracy.
+    gamma = tl.load(coef_ptr)
+    gl = tl.load(coef_ptr + 1)
+    _gae_row_body(r_ptr, v_ptr, m_ptr, lv_ptr, adv_ptr, ret_ptr, bad_ptr, T, row, gamma, gl, gl, BLOCK, False)
+
+
+@triton.jit
+def _gae_row_lam(
+    r_ptr,
+    v_ptr,
+    m_ptr,
+    lv_ptr,
+    adv_ptr,
+    ret_ptr,
+    bad_ptr,
+    T,
+    coef_ptr,
+    BLOCK: tl.constexpr,
+    DECOUPLED: tl.constexpr,
+):
+    """`_gae_row` with per-row coefficients `coef_ptr[row] = (gamma, gamma*lam_a, gamma*lam_c)`
+    (a (B, 3) tensor of the inputs' dtype). DECOUPLED False: returns from lam_a (5-field scan,
+    the same float operations as `_gae_row`); True: the 8-field scan of (A^a, A^c, V)."""
+    row = tl.program_id(0).to(tl.int64)
+    gamma = tl.load(coef_ptr + row * 3)
+    gla = tl.load(coef_ptr + row * 3 + 1)
+    glc = tl.load(coef_ptr + row * 3 + 2)
+    _gae_row_body(
+        r_ptr, v_ptr, m_ptr, lv_ptr, adv_ptr, ret_ptr, bad_ptr, T, row, gamma, gla, glc, BLOCK, DECOUPLED
+    )
 
 
 def _block_for(T: int) -> int:
