@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from gae.ingest.config import FileSummary, IngestConfig
-from gae.ingest.text import BOUNDARY, LEAD, TRAIL, nfc_suspects
+from gae.ingest.text import BOUNDARY, LEAD, TRAIL, nfc_suspects, rare_characters
 
 if TYPE_CHECKING:
     import duckdb
@@ -53,6 +53,7 @@ class _Writer:
             "meta_remove": meta_remove,
             "eval_bp": round(cfg.eval_fraction * 10000),
             "nfc_suspects": nfc_suspects(),
+            "rare": rare_characters(),
             "ingest_id": ingest_id,
         }
 
