@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from gae.config import PipelineConfig
 from tasks.advantages import compute_advantages
@@ -26,6 +27,7 @@ from tasks.rewards import score_rollouts
 from tasks.rollout import rollout_task
 from tasks.store import fill_train_logprobs, store_iteration
 from tasks.train import train_iteration
+from tasks.value_pretrain import value_pretrain_task
 
 
 class _Clock:
@@ -160,7 +162,9 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     dd = DataDir.resolve(config.data_dir).ensure()
     data_dir = str(dd.root)
     logger = get_run_logger()
-    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"):
+    from flows.deployments import lock_hint
+
+    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}", **lock_hint()):
         summary = ingest_task(data_dir, config.corpus, cfg["ingest"], skip_unchanged=True)
         # the run's own corpus: a data directory may also hold corpora of earlier runs
         corpus = summary.get("corpus_id")
@@ -199,16 +203,24 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     cfg["registry"]["experiment"],
                     label="baseline",
                 )
+                # VC-PPO: the critic first fits the frozen policy's returns (ppo.value_pretrain_iterations)
+                policy_dir = value_pretrain_task(data_dir, run, base, policy_dir, cfg)["model_dir"]
+            # quote(): plain values, not tracked inputs. The policy directory and KL coefficient
+            # are a subflow's results, and Prefect would record them (and any object whose id
+            # it recycles) as flow-run inputs, which the UI's Task Runs tab cannot read (issue 17).
             for it in range(run["start_iteration"], config.iterations):
-                out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef)
+                out = rl_iteration(*map(quote, (cfg, data_dir, run, it, base, policy_dir, kl_coef)))
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
                 history.append(out["metrics"])
             registered = None
             if config.registry.enabled:
-                registered = register_policy(data_dir, run, policy_dir, base["tokenizer"], cfg)
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "finished")
+                registered = register_policy(*map(quote, (data_dir, run, policy_dir, base["tokenizer"], cfg)))
+            finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "finished")))
         except BaseException:
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
+            try:
+                finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "failed")))
+            except Exception as cleanup:  # e.g. the same full disk: the run's own error is the one to report
+                logger.warning("could not mark run %s failed: %s", run["run_id"], cleanup)
             raise
     return {
         "run_id": run["run_id"],

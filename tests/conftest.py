@@ -69,3 +69,21 @@ def empty_store(request, tmp_path_factory):
         shutil.copyfile(tmp, str(cached) + ".part")
         os.replace(str(cached) + ".part", cached)
     return cached
+
+
+@pytest.fixture(scope="session")
+def smoke_run(prefect_api, tmp_path_factory):
+    """One real smoke run of `rl-pipeline` (2 iterations, tiny model, about 40 s) whose Parquet
+    store, MLflow run and Prefect records several test modules read: run it once per session."""
+    import time
+
+    from flows.pipeline import rl_pipeline
+    from gae.config import load_config
+    from tests.test_pipeline import smoke_overrides, write_corpus
+
+    root = tmp_path_factory.mktemp("smoke-run")
+    data_dir = root / "data"
+    cfg = load_config(preset="smoke", overrides=smoke_overrides(data_dir, write_corpus(root / "corpus")))
+    t0 = time.perf_counter()
+    result = rl_pipeline(cfg)
+    return {"data_dir": data_dir, "cfg": cfg, "result": result, "wall_s": time.perf_counter() - t0}
