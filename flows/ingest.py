@@ -20,5 +20,7 @@ def ingest_corpus(
 
     dd = DataDir.resolve(data_dir)
     dd.root.mkdir(parents=True, exist_ok=True)
-    with writer_lock(dd.lock, what="ingest-corpus flow"):
+    from flows.deployments import lock_hint
+
+    with writer_lock(dd.lock, what="ingest-corpus flow", **lock_hint()):
         return ingest_task(str(dd.root), paths, options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 
 from gae.config import PipelineConfig
 from tasks.advantages import compute_advantages
@@ -23,6 +24,7 @@ from tasks.pipeline import (
 )
 from tasks.pretrain import pretrain_task
 from tasks.register import register_policy
+from tasks.value_pretrain import value_pretrain_task
 
 
 class _Clock:
@@ -166,8 +168,10 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     dd = DataDir.resolve(config.data_dir).ensure()
     data_dir = str(dd.root)
     logger = get_run_logger()
+    from flows.deployments import lock_hint
+
     with (
-        writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}"),
+        writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}", **lock_hint()),
         # executor=ray: the workers start first, so a cluster problem fails before any work
         worker_pool(cfg["cluster"], config.device, dd.runs / f"{config.run_name}.workers.json") as pool,
     ):
@@ -209,16 +213,24 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     cfg["registry"]["experiment"],
                     label="baseline",
                 )
+                # VC-PPO: the critic first fits the frozen policy's returns (ppo.value_pretrain_iterations)
+                policy_dir = value_pretrain_task(data_dir, run, base, policy_dir, cfg)["model_dir"]
+            # quote(): plain values, not tracked inputs. The policy directory and KL coefficient
+            # are a subflow's results, and Prefect would record them (and any object whose id
+            # it recycles) as flow-run inputs, which the UI's Task Runs tab cannot read (issue 17).
             for it in range(run["start_iteration"], config.iterations):
-                out = rl_iteration(cfg, data_dir, run, it, base, policy_dir, kl_coef, pool)
+                out = rl_iteration(*map(quote, (cfg, data_dir, run, it, base, policy_dir, kl_coef, pool)))
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
                 history.append(out["metrics"])
             registered = None
             if config.registry.enabled:
-                registered = register_policy(data_dir, run, policy_dir, base["tokenizer"], cfg)
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "finished")
+                registered = register_policy(*map(quote, (data_dir, run, policy_dir, base["tokenizer"], cfg)))
+            finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "finished")))
         except BaseException:
-            finish_run(data_dir, run, cfg["registry"]["experiment"], "failed")
+            try:
+                finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "failed")))
+            except Exception as cleanup:  # e.g. the same full disk: the run's own error is the one to report
+                logger.warning("could not mark run %s failed: %s", run["run_id"], cleanup)
             raise
     return {
         "run_id": run["run_id"],

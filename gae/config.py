@@ -8,6 +8,7 @@ artifact), checkpoint and Parquet file.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,40 @@ class AdvantageConfig(BaseModel):
         False,
         description="Bootstrap rows cut at max_new_tokens from the critic's last value instead of treating them as terminal.",
     )
+    lam_critic: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Lambda of the critic's targets (returns); None: lam. VC-PPO's decoupled GAE (arXiv "
+        "2503.01491): 1.0, Monte-Carlo targets that do not bootstrap from the critic, with lam 0.95 for the policy.",
+    )
+    lam_schedule: Literal["fixed", "length_adaptive"] = Field(
+        "fixed",
+        description="The policy's lambda: fixed (lam) or length_adaptive, VAPO's 1 - 1/(length_alpha * l) "
+        "per row, l its action tokens, clipped to [0, 1] (arXiv 2504.05118).",
+    )
+    length_alpha: float = Field(
+        0.05, gt=0.0, description="alpha of the length-adaptive lambda (0.05 in VAPO)."
+    )
+    dynamic_sampling: Literal["off", "drop"] = Field(
+        "off",
+        description="DAPO's dynamic sampling for group estimators (arXiv 2503.14476): drop leaves groups whose "
+        "scores are all equal (zero advantage) out of every loss; the dropped fraction is logged.",
+    )
+
+    @model_validator(mode="after")
+    def _check_lambda_options(self) -> AdvantageConfig:
+        gae_only = self.lam_critic is not None or self.lam_schedule != "fixed"
+        if gae_only and self.estimator is not Estimator.GAE:
+            raise ValueError(
+                f"advantages.lam_critic and lam_schedule=length_adaptive are GAE's; estimator is {self.estimator.value!r}"
+            )
+        if self.dynamic_sampling != "off" and self.estimator.value not in ("grpo", "dr_grpo", "rloo"):
+            raise ValueError(
+                "advantages.dynamic_sampling filters groups of samples: use it with estimator grpo, dr_grpo or "
+                f"rloo, not {self.estimator.value!r}"
+            )
+        return self
 
 
 class RegistryConfig(BaseModel):
@@ -110,36 +145,132 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Titles, and `position` (the order of Prefect's run form), are for the form of the
+    # `rl-pipeline` deployment: the fields a run is usually changed by first, the sections
+    # few runs touch last (issue 17).
     preset: str = Field(
-        "default", description="The preset these values started from (recorded, not applied)."
+        "default",
+        title="Preset",
+        description="The preset these values started from; recorded with the run. Another preset: "
+        "`gae run --preset NAME`, or restart `gae serve --preset NAME` for the served deployment.",
+        json_schema_extra={"position": 8},
     )
-    data_dir: str | None = Field(None, description="Data directory (default: GAE_DATA_DIR or ./gae-data).")
+    data_dir: str | None = Field(
+        None,
+        title="Data directory",
+        description="Where the database, Parquet store, models and MLflow store live; empty: the "
+        "GAE_DATA_DIR environment variable of the process running the flow, else ./gae-data.",
+        json_schema_extra={"position": 7},
+    )
     run_name: str = Field(
-        "default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Runs of one name resume each other."
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        title="Run name",
+        description="Runs of one name resume each other.",
+        json_schema_extra={"position": 0},
     )
     resume: bool = Field(
-        True, description="Continue an unfinished run of the same name and config instead of starting anew."
+        True,
+        title="Resume",
+        description="Continue an unfinished run of the same name and config instead of starting anew.",
+        json_schema_extra={"position": 6},
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
-    seed: int = Field(0, description="Seed of prompt sampling and rollouts.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", title="Device", description="auto picks CUDA when present.", json_schema_extra={"position": 4}
+    )
+    seed: int = Field(
+        0,
+        title="Seed",
+        description="Seed of prompt sampling and rollouts.",
+        json_schema_extra={"position": 5},
+    )
     corpus: list[str] | None = Field(
-        None, description="Files, folders or globs to ingest; None: the embedded default corpus."
+        None,
+        title="Corpus",
+        description="Files, folders or globs to ingest; empty: the embedded default corpus.",
+        json_schema_extra={"position": 1},
     )
-    iterations: int = Field(4, ge=1, description="PPO iterations.")
+    iterations: int = Field(
+        4,
+        ge=1,
+        title="PPO iterations",
+        description="PPO iterations.",
+        json_schema_extra={"position": 2},
+    )
     prompts_per_iteration: int = Field(
-        32, ge=1, description="Train prompts sampled per iteration (x rollout.n_samples rows)."
+        32,
+        ge=1,
+        title="Prompts per iteration",
+        description="Train prompts sampled per iteration (x rollout.n_samples rows).",
+        json_schema_extra={"position": 3},
     )
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("small"))
-    pretrain: PretrainConfig = Field(default_factory=lambda: PretrainConfig.preset("small"))
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    rewards: RewardConfig = Field(default_factory=default_rewards)
-    shaping: ShapingConfig = Field(default_factory=ShapingConfig)
-    advantages: AdvantageConfig = Field(default_factory=AdvantageConfig)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig,
+        title="Advanced: ingest",
+        description="How corpus files become documents and prompts.",
+        json_schema_extra={"position": 18},
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig.preset("small"),
+        title="Advanced: model",
+        description="Architecture of the policy and critic (saved with the weights).",
+        json_schema_extra={"position": 16},
+    )
+    pretrain: PretrainConfig = Field(
+        default_factory=lambda: PretrainConfig.preset("small"),
+        title="Advanced: pretraining",
+        description="Tokenizer and pretraining of the policy (cached: a run with the same corpus and "
+        "values reuses it).",
+        json_schema_extra={"position": 17},
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        title="Rollouts",
+        description="Sampling of responses to the train prompts.",
+        json_schema_extra={"position": 10},
+    )
+    rewards: RewardConfig = Field(
+        default_factory=default_rewards,
+        title="Rewards",
+        description="The reward components and their weights.",
+        json_schema_extra={"position": 9},
+    )
+    shaping: ShapingConfig = Field(
+        default_factory=ShapingConfig,
+        title="Reward shaping and KL",
+        description="Where the score lands in the response, and the KL penalty to the reference policy.",
+        json_schema_extra={"position": 12},
+    )
+    advantages: AdvantageConfig = Field(
+        default_factory=AdvantageConfig,
+        title="Advantages",
+        description="How per-token advantages are estimated.",
+        json_schema_extra={"position": 11},
+    )
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig,
+        title="PPO update",
+        description="Epochs, batches, learning rates and clipping of the policy and critic update.",
+        json_schema_extra={"position": 13},
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig,
+        title="Evaluation",
+        description="Held-out evaluation after each iteration.",
+        json_schema_extra={"position": 14},
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        title="Model registry",
+        description="Where the trained policy is registered in MLflow.",
+        json_schema_extra={"position": 15},
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig,
+        title="Advanced: cluster",
+        description="Where the stages run: this process (local) or sharded over Ray workers (ray).",
+        json_schema_extra={"position": 19},
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PipelineConfig:
@@ -154,6 +285,20 @@ class PipelineConfig(BaseModel):
             )
         if self.advantages.estimator.value == "power" and self.advantages.p is None:
             raise ValueError("advantages.estimator=power needs advantages.p (the exponent of w_k ∝ k^-p)")
+        m = self.model
+        if m.arch == "gpt":  # checked here, not ~10 s into a run (issue 12)
+            if m.n_embd % m.n_head:
+                raise ValueError(
+                    f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}: each attention "
+                    "head gets n_embd / n_head dimensions"
+                )
+            for name, n in (("rollout.max_new_tokens", self.rollout.max_new_tokens),
+                            ("eval.max_new_tokens", self.eval.max_new_tokens)):  # fmt: skip
+                if n >= m.block_size:
+                    raise ValueError(
+                        f"{name}={n} leaves no room for a prompt in model.block_size={m.block_size} "
+                        "(prompt + response must fit): lower it or raise model.block_size"
+                    )
         return self
 
 
@@ -170,13 +315,50 @@ PRESETS: dict[str, dict] = {
     },
     # The embedded demo of `make run`: under 5 minutes on a 2-core CPU, reward rising.
     "default": {},
+    # VC-PPO (Yuan et al. 2025, arXiv 2503.01491) on the default pipeline: decoupled GAE (the
+    # critic's targets with lambda 1, the policy's advantages with 0.95) and value pretraining
+    # on the frozen initial policy (the paper pretrains for many steps at 32B; 2 iterations
+    # here, 8 critic steps each: a measured vapo run took the fresh head's explained variance
+    # from 0.00 to 0.04, bench/RESULTS.md); no KL term, as in the paper. Clip 0.2 and
+    # token-mean, PPO's defaults, as there.
+    "vc_ppo": {
+        "advantages": {"estimator": "gae", "lam": 0.95, "lam_critic": 1.0},
+        "ppo": {"value_pretrain_iterations": 2},
+        "shaping": {"kl": {"placement": "none", "coef": 0.0}},
+    },
+    # VAPO (Yue et al. 2025, arXiv 2504.05118, section 4.1) on the default pipeline: VC-PPO's
+    # decoupled GAE and value pretraining, plus length-adaptive lambda with alpha = 0.05 (scale
+    # free: the policy's GAE horizon 1/(1 - lambda) = alpha * l is 5% of each response, at 30
+    # tokens as at 3,000), clip-higher 0.2 / 0.28, token-level loss, and the positive-example
+    # NLL with weight 0.1. The paper's positives are verified-correct answers; the default
+    # reward here is graded, so a response counts as positive at score >= 0.8, the score of
+    # ending on a sentence boundary inside the length window. No KL term, as in the paper.
+    "vapo": {
+        "advantages": {
+            "estimator": "gae",
+            "lam_critic": 1.0,
+            "lam_schedule": "length_adaptive",
+            "length_alpha": 0.05,
+        },
+        "ppo": {
+            "value_pretrain_iterations": 2,
+            "clip_low": 0.2,
+            "clip_high": 0.28,
+            "loss_agg": "token-mean",
+            "positive_nll_coef": 0.1,
+            "positive_score_threshold": 0.8,
+        },
+        "shaping": {"kl": {"placement": "none", "coef": 0.0}},
+    },
 }
 
 
 def preset_dict(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return {**PRESETS[name], "preset": name}
+    # A deep copy: `--set model.n_head=3` edits nested sections in place, which must not
+    # change the preset for every later config built in the same process.
+    return {**copy.deepcopy(PRESETS[name]), "preset": name}
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -206,7 +388,18 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        if p.is_dir():
+            raise ValueError(
+                f"config file {p} is a folder; pass a YAML file (`gae config > run.yaml` writes one)"
+            )
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"config file {p} is not UTF-8 text (byte {exc.start}): pass a YAML file"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {p}: not valid YAML ({_yaml_problem(exc)})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{p}: a config file is a YAML mapping, got {type(loaded).__name__}")
         data = _deep_update(data, loaded)
@@ -219,6 +412,13 @@ def load_config(
     if values:
         data = _deep_update(data, {k: v for k, v in values.items() if v is not None})
     return PipelineConfig.model_validate(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`line L column C: problem` of a YAML error (1-based), without its multi-line snippet."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1} column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def to_yaml(cfg: BaseModel) -> str:

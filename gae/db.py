@@ -13,6 +13,7 @@ defaults, and values are bound as `$name`, never formatted in.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -62,15 +63,19 @@ def connect(
         path.parent.mkdir(parents=True, exist_ok=True)
     # No network at run time: never fetch an extension behind the user's back.
     config = {"autoinstall_known_extensions": False}
-    if confine:
-        config["autoload_known_extensions"] = False
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=config)
-    except duckdb.IOException as exc:
+    except duckdb.Error as exc:
         msg = str(exc)
-        if "Could not set lock" not in msg and "Conflicting lock" not in msg:
-            raise
-        raise RuntimeError(_lock_message(dd, msg)) from None
+        if "Could not set lock" in msg or "Conflicting lock" in msg:
+            raise RuntimeError(_lock_message(dd, msg)) from None
+        if "Permission denied" in msg:
+            raise PermissionError(
+                errno.EACCES, f"permission denied opening the database {path}", str(path)
+            ) from None
+        if path.is_file() and isinstance(exc, duckdb.IOException | duckdb.SerializationException):
+            raise UnreadableDatabase(path, msg) from None
+        raise
     try:
         if not read_only:
             migrate(con)
@@ -84,6 +89,18 @@ def connect(
         con.close()
         raise
     return con
+
+
+class UnreadableDatabase(RuntimeError):
+    """gae.duckdb exists but DuckDB cannot open it (truncated, emptied, overwritten)."""
+
+    def __init__(self, path: Path, detail: str):
+        self.path, self.detail = path, " ".join(detail.split())
+        super().__init__(
+            f"the database {path} cannot be opened ({self.detail}); `gae doctor --fix` moves it to "
+            "quarantine/, then `gae ingest` or `gae run` rebuilds it from your corpus (the Parquet store, "
+            "models, runs and MLflow are separate files and stay)"
+        )
 
 
 def _lock_message(dd: DataDir, duckdb_msg: str) -> str:

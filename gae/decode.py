@@ -22,7 +22,8 @@ Finished rows keep running (they emit padding), and "have all rows finished?" is
 every `check_every` steps from a copy queued `check_every` steps earlier, so the host never
 waits on the step it just queued. Extra rows up to the bucket are padding rows, finished from
 the start. Graphs are kept per (model weights, R, S, new tokens, sampling settings) and reused
-by later calls: a rollout's chunks share one.
+by later calls: a rollout's chunks share one. `gae.rollout.generate_rollouts` and `generate`
+release them when they return, so the PPO update gets their memory back.
 
 The tokens and log-probs equal the dynamic loop's for the same seeds up to float summation
 order (tests/test_decode.py compares them on CPU, where the same static loop runs without a
@@ -32,6 +33,7 @@ graph; tests/test_cuda_decode.py with the graph on CUDA).
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from collections import OrderedDict
 
@@ -155,9 +157,22 @@ class StaticDecoder:
             self._decode()
 
     def _capture(self) -> None:
+        """Record one `_decode` as a graph. Recording runs nothing, so the buffers are where the
+        warm-up steps left them. A step that cannot be captured (a model whose forward reads a
+        value back to the host) leaves this decoder eager, with a warning naming the error."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._decode()
+        try:
+            with torch.cuda.graph(graph):
+                self._decode()
+        except RuntimeError as e:
+            self.use_graph = False
+            warnings.warn(
+                f"static decode: the step could not be captured as a CUDA graph, decoding eagerly "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
         self.graph = graph
 
     # ------------------------------------------------------------------ one call

@@ -8,7 +8,9 @@ sketch in `gae.train` (Schulman et al. 2017; verl's `update_actor` / `update_cri
        micro_batch_weights  a micro batch's share of those counts (gradient accumulation)
     3. policy_objective     clipped surrogate - c_H * entropy; c_KL * KL when it sits in the loss
     4. value_objective      c_V * clipped value loss
-       joint_loss           what one backward pass takes (warm-up: the value loss alone)
+       joint_loss           what one backward pass takes (warm-up: the value loss alone);
+                            `gae.losses.positive_nll_loss` (VAPO) is added over the
+                            minibatch's positive tokens, the third denominator
     5. optimizer_step       sum gradients over ranks (data parallel), clip the norm, AdamW
 
 Pure functions of tensors and floats; `gae.train.ppo_update` wires them.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from gae.device import autocast
-from gae.losses import AggMode, entropy_loss, kl_loss, policy_loss, value_loss
+from gae.losses import AggMode, RatioLevel, entropy_loss, kl_loss, policy_loss, value_loss
 from gae.masked import masked_whiten
 
 ScoreFn = Callable[..., object]
@@ -38,10 +40,11 @@ ScoreFn = Callable[..., object]
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def score(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy: bool):
-    """(logp, values, entropy) of rows `idx` of `batch`, each (len(idx), T), from `score_fn`
-    (gae.models.score_responses: the rollout's own scorer)."""
-    out = score_fn(
+def score_rows(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy: bool = False):
+    """`score_fn`'s output (gae.models.ScoreOutput: logprobs, values, entropy (len(idx), T),
+    last_values (len(idx),)) for rows `idx` of `batch`; score_fn is the rollout's own scorer,
+    gae.models.score_responses."""
+    return score_fn(
         model,
         batch.prompt_tokens[idx],
         batch.prompt_mask[idx],
@@ -49,6 +52,11 @@ def score(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy
         batch.action_mask[idx],
         compute_entropy=compute_entropy,
     )
+
+
+def score(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy: bool):
+    """(logp, values, entropy) of rows `idx` of `batch`, each (len(idx), T) (see `score_rows`)."""
+    out = score_rows(score_fn, model, batch, idx, compute_entropy=compute_entropy)
     return out.logprobs, out.values, out.entropy
 
 
@@ -108,28 +116,34 @@ class LossDenominators:
     """The counts a minibatch's aggregated losses divide by (see `gae.losses.aggregate`).
 
     tokens: action tokens of the minibatch (token-mean); rows: its rows holding at least one
-    action token (the sequence means). Both >= 1.
+    action token (the sequence means); positive_tokens: action tokens of its positive
+    samples (VAPO's positive-example NLL, `gae.losses.positive_nll_loss`). All >= 1.
     """
 
     tokens: int
     rows: int
+    positive_tokens: int = 1
 
 
-def local_denominators(mask: torch.Tensor) -> torch.Tensor:
-    """The raw counts of a minibatch's `(B_mb, T)` action mask as an int64 tensor
-    `[tokens, non-empty rows]`. The only place the denominators are counted."""
-    return torch.stack([mask.sum(), mask.any(-1).sum()]).to(torch.int64)
+def local_denominators(mask: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
+    """The raw counts of a minibatch's `(B_mb, T)` loss mask as an int64 tensor
+    `[tokens, non-empty rows, positive tokens]` (`positive`: the mask of the positive samples'
+    tokens, or None: 0). The only place the denominators are counted."""
+    n_pos = positive.sum() if positive is not None else torch.zeros((), dtype=torch.int64, device=mask.device)
+    return torch.stack([mask.sum(), mask.any(-1).sum(), n_pos]).to(torch.int64)
 
 
-def loss_denominators(mask: torch.Tensor, reduce_sum: ReduceFn | None = None) -> LossDenominators:
-    """`local_denominators(mask)`, summed over data-parallel ranks by `reduce_sum` when given
-    (each rank holds a shard of the minibatch, and the loss must divide by the whole
+def loss_denominators(
+    mask: torch.Tensor, reduce_sum: ReduceFn | None = None, *, positive: torch.Tensor | None = None
+) -> LossDenominators:
+    """`local_denominators(mask, positive)`, summed over data-parallel ranks by `reduce_sum` when
+    given (each rank holds a shard of the minibatch, and the loss must divide by the whole
     minibatch's counts, not the shard's), then clamped to >= 1 (an empty minibatch adds 0)."""
-    counts = local_denominators(mask)
+    counts = local_denominators(mask, positive)
     if reduce_sum is not None:
         counts = reduce_sum(counts)
-    tokens, rows = (int(c) for c in counts.tolist())
-    return LossDenominators(tokens=max(tokens, 1), rows=max(rows, 1))
+    tokens, rows, pos = (int(c) for c in counts.tolist())
+    return LossDenominators(tokens=max(tokens, 1), rows=max(rows, 1), positive_tokens=max(pos, 1))
 
 
 def micro_batch_weights(m: torch.Tensor, denoms: LossDenominators, agg: AggMode) -> tuple[float, float]:
@@ -159,15 +173,24 @@ def policy_objective(
     entropy_coef: float,
     agg: AggMode,
     kl: tuple[float, torch.Tensor, str, float | None] | None = None,
+    ratio_level: RatioLevel = "token",
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, float]]:
     """Step 3, "policy loss" on one micro batch: (pg - entropy_coef * H, kl_coef * KL or None, metrics).
 
-    pg is the clipped surrogate (`gae.losses.policy_loss`), H the entropy (a bonus, subtracted);
-    `kl`, when the KL to the reference sits in the loss, is (kl_coef, ref_logp, estimator, clamp).
-    All tensors (B_mu, T).
+    pg is the clipped surrogate (`gae.losses.policy_loss`; with ratio_level "sequence" on GSPO's
+    sequence ratio), H the entropy (a bonus, subtracted); `kl`, when the KL to the reference
+    sits in the loss, is (kl_coef, ref_logp, estimator, clamp). All tensors (B_mu, T).
     """
     pg, metrics = policy_loss(
-        logp, old_logp, advantages, m, clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, agg=agg
+        logp,
+        old_logp,
+        advantages,
+        m,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        agg=agg,
+        ratio_level=ratio_level,
     )
     ent, ent_m = entropy_loss(entropy, m, agg=agg)
     metrics.update(ent_m)

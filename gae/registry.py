@@ -11,9 +11,13 @@ and returns the generated continuations (gae.rollout.generate_text). Loading nee
 on CUDA when available, or on the device named by `GAE_DEVICE` (auto, cpu, cuda).
 
 Aliases: every new version gets `candidate`; `champion` moves to a version only when its
-eval score (mean reward on the held-out eval prompts) beats the current champion's. The
-first version of a name becomes champion. Both scores are tags on the new version
-(`eval_score`, `champion_eval_score`), so the decision can be audited later.
+eval score (mean reward on the held-out eval prompts) beats the current champion's, and is
+not below the baseline it is given: the eval score of the pretrained policy its run started
+from (a run that made its policy worse registers it, but does not crown it). With no champion
+yet, a version that passes the baseline becomes champion. The scores are tags on the new
+version (`eval_score`, `champion_eval_score` when there was a champion, `baseline_eval_score`
+when there was a baseline; `promoted` and, when false, `not_promoted_reason`), so the decision
+can be audited later.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from typing import Any
 with warnings.catch_warnings():  # MLflow's own import warns about type hints of its agent classes
     warnings.simplefilter("ignore", UserWarning)
     import mlflow.pyfunc
+import pandas as pd  # imported by mlflow.pyfunc already; `predict`'s type hint names it
 
+from gae.errors import writing
 from gae.paths import DataDir
 from gae.tracking import DEFAULT_EXPERIMENT, ensure_experiment, get_client, tracking_uri, use_tracking_uri
 
@@ -41,6 +47,7 @@ CHAMPION = "champion"
 ARTIFACT_NAME = "policy"
 SCORE_TAG = "eval_score"
 CHAMPION_SCORE_TAG = "champion_eval_score"
+BASELINE_SCORE_TAG = "baseline_eval_score"
 SOURCE_TAG = "gae.source"  # "<run_id>:<iteration>": a retried registration finds its version
 
 DEFAULT_PARAMS: dict[str, Any] = {"max_new_tokens": 64, "temperature": 1.0, "top_p": 1.0, "seed": -1}
@@ -108,8 +115,11 @@ def _prompts_of(model_input: Any) -> list[str]:
     )
 
 
-# No type hints on `predict` on purpose (MLflow says so once per process): the signature is
-# explicit, and type-hint validation would refuse a DataFrame with a `prompt` column.
+# `predict` is annotated with pd.DataFrame, the type a loaded pyfunc model passes it (the
+# signature's string column turns a list of prompts into a one-column frame). MLflow infers
+# no schema from that hint and validates nothing with it (the explicit signature does), and
+# without any hint it warns "Add type hints to the `predict` method" each time a process
+# defines this class, i.e. at every model load (issue 17).
 class GaePolicyModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: artifacts `policy` (model dir), `tokenizer` (tokenizer.json), `config`."""
 
@@ -124,7 +134,7 @@ class GaePolicyModel(mlflow.pyfunc.PythonModel):
         cfg = context.artifacts.get("config")
         self.config = json.loads(Path(cfg).read_text()) if cfg else {}
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         from gae.rollout import generate_text
 
         p = {**DEFAULT_PARAMS, **{k: v for k, v in (params or {}).items() if v is not None}}
@@ -147,7 +157,7 @@ class Registration:
     version: int
     model_uri: str
     eval_score: float
-    champion_version: int
+    champion_version: int | None  # the champion now (None: no version has passed the gate yet)
     champion_score: float | None  # the champion's score before this version (None: there was none)
     promoted: bool
     aliases: list[str]  # the aliases this version holds now
@@ -164,9 +174,12 @@ def _score(tags: dict, key: str = SCORE_TAG) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def update_aliases(client, name: str, version: int, eval_score: float) -> tuple[bool, int, float | None]:
-    """`candidate` -> version; `champion` -> version iff it is the first or beats the champion.
-    Returns (promoted, champion version, previous champion score).
+def update_aliases(
+    client, name: str, version: int, eval_score: float, baseline_score: float | None = None
+) -> tuple[bool, int | None, float | None]:
+    """`candidate` -> version; `champion` -> version iff it beats the champion (or there is
+    none) and its score is not below `baseline_score` (the pretrained policy's, when given).
+    Returns (promoted, champion version or None, previous champion score).
 
     Idempotent: a retry for a version that is already champion (the first attempt promoted
     it) changes nothing and answers as the first attempt did. Its `champion_eval_score` tag,
@@ -183,16 +196,24 @@ def update_aliases(client, name: str, version: int, eval_score: float) -> tuple[
         client.set_model_version_tag(name, str(version), "promoted", "true")
         return True, int(version), _score(champ.tags, CHAMPION_SCORE_TAG)
     champ_score = _score(champ.tags) if champ is not None else None
-    client.set_model_version_tag(name, str(version), CHAMPION_SCORE_TAG, repr(champ_score))
-    promoted = (
-        champ is None or champ_score is None or (math.isfinite(eval_score) and eval_score > champ_score)
-    )
-    if promoted:
+    if champ_score is not None:  # no tag at all when there was no champion to compare with
+        client.set_model_version_tag(name, str(version), CHAMPION_SCORE_TAG, repr(champ_score))
+    beats = champ is None or champ_score is None or (math.isfinite(eval_score) and eval_score > champ_score)
+    below = baseline_score is not None and not (math.isfinite(eval_score) and eval_score >= baseline_score)
+    if baseline_score is not None:
+        client.set_model_version_tag(name, str(version), BASELINE_SCORE_TAG, repr(float(baseline_score)))
+    if beats and not below:
         client.set_registered_model_alias(name, CHAMPION, str(version))
         client.set_model_version_tag(name, str(version), "promoted", "true")
         return True, int(version), champ_score
     client.set_model_version_tag(name, str(version), "promoted", "false")
-    return False, int(champ.version), champ_score
+    reason = (
+        f"eval score {eval_score:.4g} is below the pretrained policy's {baseline_score:.4g}"
+        if below
+        else f"eval score {eval_score:.4g} does not beat the champion's {champ_score:.4g}"
+    )
+    client.set_model_version_tag(name, str(version), "not_promoted_reason", reason)
+    return False, (int(champ.version) if champ is not None else None), champ_score
 
 
 def _find_version(client, name: str, source: str):
@@ -218,6 +239,7 @@ def log_and_register(
     config: dict | None = None,
     source: str | None = None,
     tags: dict[str, str] | None = None,
+    baseline_score: float | None = None,
 ) -> Registration:
     """Log the policy at `model_dir` as a pyfunc model, register a new version of `name`,
     and move the aliases (see the module docstring).
@@ -229,6 +251,8 @@ def log_and_register(
             status is kept); None logs under a new run of `experiment`.
         source: "<run_id>:<iteration>"; a second call with the same source returns the
             version the first registered (a retried task registers once).
+        baseline_score: the eval score of the policy the run started from; a version below
+            it does not become champion.
     """
     import mlflow
 
@@ -249,26 +273,36 @@ def log_and_register(
         mv = existing
         model_uri = f"models:/{name}/{mv.version}"
     else:
-        with tempfile.TemporaryDirectory(prefix="gae-register-") as tmp:
+        # A full disk names the store it filled (gae.errors.writing), whichever library noticed.
+        with writing(dd.mlflow_artifacts), tempfile.TemporaryDirectory(prefix="gae-register-") as tmp:
             cfg_path = Path(tmp) / "gae_config.json"
             cfg_path.write_text(json.dumps(config or {}, indent=2, default=str))
             artifacts = {"policy": str(model_dir), "tokenizer": str(tok), "config": str(cfg_path)}
             with use_tracking_uri(uri):
-                if mlflow_run_id is not None:
+                # An attempt interrupted after logging the model left it in the run: finish
+                # that one instead of logging another beside it (issue 12).
+                logged = _reuse_logged_model(client, mlflow_run_id, source)
+                if logged is not None:
+                    logged_uri = logged.model_uri
+                elif mlflow_run_id is not None:
                     status = client.get_run(mlflow_run_id).info.status
                     with mlflow.start_run(run_id=mlflow_run_id):
-                        info = _log_model(artifacts)
+                        logged_uri = _log_model(artifacts, source).model_uri
                     if status == "RUNNING":  # leaving the `with` marked it FINISHED
                         client.update_run(mlflow_run_id, status="RUNNING")
                 else:
                     exp_id = ensure_experiment(client, experiment, dd)
                     with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}") as run:
                         mlflow_run_id = run.info.run_id
-                        info = _log_model(artifacts)
+                        logged_uri = _log_model(artifacts, source).model_uri
                 vtags = {SOURCE_TAG: source or "", "gae.mlflow_run_id": mlflow_run_id, **(tags or {})}
-                mv = mlflow.register_model(info.model_uri, name, tags=vtags)
+                with writing(dd.mlflow_db):
+                    mv = mlflow.register_model(logged_uri, name, tags=vtags)
         model_uri = f"models:/{name}/{mv.version}"
-    promoted, champ_version, champ_score = update_aliases(client, name, int(mv.version), float(eval_score))
+    with writing(dd.mlflow_db):
+        promoted, champ_version, champ_score = update_aliases(
+            client, name, int(mv.version), float(eval_score), baseline_score
+        )
     return Registration(
         name=name,
         version=int(mv.version),
@@ -281,15 +315,43 @@ def log_and_register(
     )
 
 
-def _log_model(artifacts: dict[str, str]):
+def _reuse_logged_model(client, mlflow_run_id: str | None, source: str | None):
+    """The model an earlier attempt of this registration logged in the run (tagged with its
+    source) when it completed (READY), else None; attempts that failed or were killed mid-upload
+    (FAILED, PENDING) are deleted, so a retry leaves no orphan beside the model it logs."""
+    if mlflow_run_id is None or not source:
+        return None
+    from mlflow.entities import LoggedModelStatus
+
+    try:
+        exp_id = client.get_run(mlflow_run_id).info.experiment_id
+        found = client.search_logged_models(
+            experiment_ids=[exp_id],
+            filter_string=f"tags.`{SOURCE_TAG}` = '{_quote(source)}' AND source_run_id = '{_quote(mlflow_run_id)}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}],
+        )
+    except Exception:  # a tracking server without logged-model search: log anew, as before
+        return None
+    keep = next((m for m in found if m.status == LoggedModelStatus.READY), None)
+    for m in found:
+        if m is not keep:
+            client.delete_logged_model(m.model_id)
+    return keep
+
+
+def _quote(s: str) -> str:
+    return str(s).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _log_model(artifacts: dict[str, str], source: str | None = None):
     with warnings.catch_warnings():
         # The signature is explicit, so MLflow's hints about type hints and input examples
         # (which would trigger inference we avoid on purpose) are noise here.
         warnings.simplefilter("ignore", UserWarning)
-        return _log_model_quiet(artifacts)
+        return _log_model_quiet(artifacts, source)
 
 
-def _log_model_quiet(artifacts: dict[str, str]):
+def _log_model_quiet(artifacts: dict[str, str], source: str | None = None):
     return mlflow.pyfunc.log_model(
         name=ARTIFACT_NAME,
         python_model=GaePolicyModel(),
@@ -297,6 +359,7 @@ def _log_model_quiet(artifacts: dict[str, str]):
         signature=signature(),
         pip_requirements=pip_requirements(),
         metadata={"framework": "gaeflow", "needs": "the gaeflow package importable (gae.registry)"},
+        tags={SOURCE_TAG: source} if source else None,
     )
 
 
@@ -320,7 +383,8 @@ def list_versions(name: str | None = None, *, data_dir: DataDir | str | None = N
                     "version": int(mv.version),
                     "aliases": sorted(by_version.get(str(mv.version), [])),
                     "eval_score": _score(mv.tags),
-                    "champion_eval_score": mv.tags.get(CHAMPION_SCORE_TAG),
+                    "champion_eval_score": _score(mv.tags, CHAMPION_SCORE_TAG),
+                    "baseline_eval_score": _score(mv.tags, BASELINE_SCORE_TAG),
                     "source": mv.tags.get(SOURCE_TAG) or "",
                     "run_id": mv.run_id,
                     "created": mv.creation_timestamp,

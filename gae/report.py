@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from gae import tokenview as tv
@@ -68,7 +69,8 @@ function pin(el){if(pinned)pinned.classList.remove('pin');pinned=el;if(el){el.cl
 document.addEventListener('mouseover',e=>{const el=e.target.closest('.t');if(el&&!pinned)show(el)});
 document.addEventListener('mouseout',e=>{if(!pinned&&e.target.closest('.t'))tip.hidden=true});
 document.addEventListener('click',e=>{const el=e.target.closest('.t');
-  if(el){pin(el);history.replaceState(null,'','#tok='+el.dataset.k)}else if(!e.target.closest('#tip')){pin(null);history.replaceState(null,'',' ')}});
+  if(el){pin(el);link('#tok='+el.dataset.k)}else if(!e.target.closest('#tip')){pin(null);link(' ')}});
+function link(h){try{history.replaceState(null,'',h)}catch(_){}}  // sandboxed frames (MLflow's viewer) refuse it
 const m=location.hash.match(/^#tok=(\\d+:\\d+)$/);
 if(m){const el=document.querySelector('.t[data-k="'+m[1]+'"]');if(el){el.scrollIntoView({block:'center'});pin(el)}}
 })();
@@ -233,6 +235,13 @@ def _summary_html(summary: dict) -> str:
     return f'<table class="sum">{"".join(rows)}</table>'
 
 
+def _load(con, root, run_id: str, iteration: int, *, best: int, worst: int, sample: int, seed: int):
+    picks = tv.pick(con, run_id, iteration, best=best, worst=worst, sample=sample, seed=seed)
+    if not picks:
+        raise ValueError(f"run {run_id} iteration {iteration} has no stored rollouts under {root}")
+    return tv.load(con, run_id, iteration, picks), tv.iteration_summary(con, run_id, iteration)
+
+
 def build(
     root,
     run_id: str,
@@ -247,14 +256,96 @@ def build(
     iteration's staging folder)."""
     con = tv.open_store(root)
     try:
-        picks = tv.pick(con, run_id, iteration, best=best, worst=worst, sample=sample, seed=seed)
-        if not picks:
-            raise ValueError(f"run {run_id} iteration {iteration} has no stored rollouts under {root}")
-        views = tv.load(con, run_id, iteration, picks)
-        summary = tv.iteration_summary(con, run_id, iteration)
+        views, summary = _load(con, root, run_id, iteration, best=best, worst=worst, sample=sample, seed=seed)
     finally:
         con.close()
     return render(views, run_id=run_id, iteration=iteration, summary=summary)
+
+
+@dataclass
+class IterationViews:
+    """What the pipeline logs for one iteration: the report page, the rollouts it shows, and
+    the plots (`gae.plots.NAMES` -> matplotlib Figure)."""
+
+    page: str
+    views: list[tv.RolloutView]
+    figures: dict
+
+
+def build_iteration(root, run_id: str, iteration: int) -> IterationViews:
+    """The token report and the plots of one iteration from one read of the store under `root`."""
+    from gae import plots
+
+    con = tv.open_store(root)
+    try:
+        views, summary = _load(
+            con,
+            root,
+            run_id,
+            iteration,
+            best=DEFAULT_BEST,
+            worst=DEFAULT_WORST,
+            sample=DEFAULT_SAMPLE,
+            seed=0,
+        )
+        data = plots.iteration_data(con, run_id, iteration)
+    finally:
+        con.close()
+    page = render(views, run_id=run_id, iteration=iteration, summary=summary)
+    return IterationViews(page=page, views=views, figures=plots.figures(data, iteration=iteration))
+
+
+def _md_cell(text: str, limit: int = 80) -> str:
+    """Text for a markdown table cell: visible control characters, no pipes or backticks, cut."""
+    text = tv.visible_text(text, -1)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return html.escape(text.replace("|", "¦").replace("`", "'"))
+
+
+def markdown(
+    views: list[tv.RolloutView],
+    *,
+    run_id: str,
+    iteration: int,
+    report_file: str,
+    mlflow_path: str,
+    mlflow_run_id: str,
+    by: str = BY,
+    images: dict[str, bytes] | None = None,
+) -> str:
+    """A markdown summary of the report for the Prefect UI: where the page is, a table of
+    the rollouts it shows with their most negative and most positive tokens, and `images`
+    (name -> PNG bytes) inlined as data URIs (the Prefect UI allows `data:` images)."""
+    import base64
+
+    lines = [
+        f"## Tokens of iteration {iteration}, run {run_id}",
+        "",
+        f"Token report (one HTML file, opens offline; hover a token for its numbers): `{report_file}`",
+        "",
+        f"- in MLflow: artifact `{mlflow_path}` of run `{mlflow_run_id}` (run page → Artifacts)",
+        f"- again, or for any stored run: `gae report --run {run_id} -i {iteration}`;"
+        f" in a terminal: `gae show --run {run_id} -i {iteration}`",
+        "",
+        f"| rollout | score | tokens | response | lowest {by} | highest {by} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in views:
+        acts = [t for t in v.tokens if t.is_action and t.values[by] is not None]
+        ranked = sorted(acts, key=lambda t: t.values[by])
+
+        def fmt(ts):
+            return ", ".join(f"`{_md_cell(t.token or '', 12)}` {t.values[by]:+.3f}" for t in ts)
+
+        lines.append(
+            f"| {html.escape(v.rank)} | {_fmt(v.row.get('score'))} | {len(v.tokens)} "
+            f"| {_md_cell(v.row.get('response') or '')} | {fmt(ranked[:3])} | {fmt(ranked[::-1][:3])} |"
+        )
+    for name, png in (images or {}).items():
+        b64 = base64.b64encode(png).decode("ascii")
+        lines += ["", f"![{name.replace('_', ' ')}](data:image/png;base64,{b64})"]
+    return "\n".join(lines) + "\n"
 
 
 def write(path: str | Path, text: str) -> Path:

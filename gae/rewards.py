@@ -50,7 +50,10 @@ class RewardComponent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Registered component name (see REWARDS) or a callable 'module:function'.")
+    name: str = Field(
+        description="A built-in component (bleu, chrf, rouge_l, unigram_f1, ends_sentence, length_window, "
+        "distinct_n, exact_match, regex, python, sql) or a callable 'module:function'."
+    )
     weight: float = Field(default=1.0, description="Multiplier of this column in the total score.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the component.")
     column: str | None = Field(
@@ -72,6 +75,15 @@ class RewardConfig(BaseModel):
     components: list[RewardComponent] = Field(
         default_factory=lambda: [RewardComponent(name="chrf")],
         description="Components summed with their weights; each is also kept as its own column.",
+    )
+    overlong_buffer: int | None = Field(
+        None,
+        ge=1,
+        description="DAPO's soft overlong punishment: the last this many tokens before rollout.max_new_tokens "
+        "lose reward linearly (gae.shaping.overlong_penalty), kept as the component `overlong`. None: off.",
+    )
+    overlong_penalty: float = Field(
+        1.0, ge=0, description="Reward lost at the length limit under overlong_buffer (1 in DAPO)."
     )
 
     @model_validator(mode="after")
@@ -546,4 +558,9 @@ def score_inputs(inputs: RewardInputs, cfg: RewardConfig) -> ScoreTable:
 
 def score_batch(batch, cfg: RewardConfig) -> ScoreTable:
     """Score a `gae.batch.RolloutBatch`: `.total` (B,) and `.components[name]` (B,), float32."""
-    return score_inputs(RewardInputs.from_batch(batch), cfg)
+    table = score_inputs(RewardInputs.from_batch(batch), cfg)
+    if cfg.overlong_buffer:  # training-time length shaping (DAPO); evaluation scores without it
+        from gae.shaping import add_overlong_component
+
+        table = add_overlong_component(table, batch, cfg.overlong_buffer, cfg.overlong_penalty)
+    return table

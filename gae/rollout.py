@@ -36,6 +36,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gae.batch import RolloutBatch
+from gae.decode import (
+    cuda_free_bytes,
+    decode_row_bytes,
+    release_decoders,
+    rollout_batch_size,
+    static_decoder,
+)
 from gae.device import autocast, to_host
 from gae.models.scoring import score_responses
 from gae.sampling import (  # noqa: F401 (filter_probs, sample_tokens, left_pad: public here too)
@@ -106,8 +113,6 @@ def resolve_batch_size(model, cfg: RolloutConfig, *, prompt_len: int, device: to
         return cfg.batch_size
     if device.type != "cuda":
         return CPU_BATCH_SIZE
-    from gae.decode import cuda_free_bytes, decode_row_bytes, rollout_batch_size
-
     row = decode_row_bytes(
         kv_bytes_per_position=model.kv_bytes_per_position(),
         prompt_len=prompt_len,
@@ -178,8 +183,6 @@ def sample_batch(
     if resolve_decode(model, decode, device) == "static":
         if check_every < 1:
             raise ValueError(f"rollout check_every must be >= 1, got {check_every}")
-        from gae.decode import static_decoder
-
         dec = static_decoder(
             model,
             batch=len(prompt_rows),
@@ -405,6 +408,9 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
             values.append(out.values.float())
             last_values.append(out.last_values.float())
             ref_logprobs.append(ref_out.logprobs.float())
+    # The decode graphs and their static caches served this call's chunks; the PPO update that
+    # follows gets their memory back (the next call captures again: two eager steps and a record).
+    release_decoders(policy)
     policy.train(was_training[0])
     ref.train(was_training[1])
     host = tokens_home.wait()
@@ -506,6 +512,7 @@ def generate(
         pad_id=tok.pad_id,
         device=device,
     )
+    release_decoders(model)
     model.train(was_training)
     host = to_host({"eval_response_tokens": out["response_tokens"], "eval_action_mask": out["action_mask"]})
     host = host.wait()

@@ -39,8 +39,21 @@ def lock_down(con: duckdb.DuckDBPyConnection, *, allowed_directories: Iterable[s
     otherwise also admit `/data/xy`.
     """
     dirs = [d if d.endswith("/") else d + "/" for d in map(str, allowed_directories)]
+    if con.execute("select current_setting('lock_configuration')").fetchall()[0][0]:
+        # Settings belong to the database instance, which connections to one file share within
+        # a process: an earlier lock-down of the same file is this one, if it allowed as little.
+        external, allowed = con.execute(
+            "select current_setting('enable_external_access'), current_setting('allowed_directories')"
+        ).fetchall()[0]
+        if external or not set(dirs) <= set(allowed or []):
+            raise RuntimeError("this database's configuration was locked with other settings in this process")
+        return
     if dirs:
         con.execute("set allowed_directories = $dirs", {"dirs": dirs})
+    # Set on the connection, not in duckdb.connect's config: a process may hold other
+    # connections to the same file, and DuckDB refuses a second one with a different config.
+    con.execute("set autoload_known_extensions = false")
+    con.execute("set autoinstall_known_extensions = false")
     con.execute("set enable_external_access = false")
     con.execute("set lock_configuration = true")
 

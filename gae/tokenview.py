@@ -170,7 +170,9 @@ class RolloutView:
 
     @property
     def components(self) -> dict[str, float | None]:
-        return {k[len("reward_") :]: v for k, v in self.row.items() if k.startswith("reward_")}
+        from gae.store import COMPONENT_PREFIX
+
+        return {k[len(COMPONENT_PREFIX) :]: v for k, v in self.row.items() if k.startswith(COMPONENT_PREFIX)}
 
 
 def open_store(root: str | Path | DataDir | None) -> duckdb.DuckDBPyConnection:

@@ -12,7 +12,9 @@ What a run holds:
 - artifacts: `config.json`, `generations/iter-NNNNN.json` (a table of sample prompts,
   responses, scores and reward components per iteration, replaced when an iteration is
   logged again), `generations/baseline.json` (the pretrained policy's samples),
-  `plots/training.png` (reward, KL and explained variance over iterations);
+  `plots/training.png` (reward, KL and explained variance over iterations),
+  `plots/<name>/iter-NNNNN.png` (per-iteration plots of the token store, `gae.plots`) and
+  `reports/iter-NNNNN.html` (the iteration's token report, `gae.report`);
 - tags: `gae.run_id`, `gae.data_dir` and the Parquet locations of the run's tokens and
   rollouts (lineage from a metric back to the rows that produced it).
 
@@ -269,20 +271,46 @@ class Tracker:
         self.client.log_dict(self.run_id, raw, artifact_file)
         return params
 
-    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
-        """Every metric at `step` (the iteration), names made MLflow-safe."""
+    def log_metrics(self, metrics: dict[str, float], *, step: int, only_new: bool = False) -> None:
+        """Every metric at `step` (the iteration), names made MLflow-safe.
+
+        only_new: skip metrics that already have a point at `step`. A run killed after logging
+        an iteration and before completing it redoes that iteration on resume; MLflow cannot
+        delete a point, so logging again would leave two at one step (issue 12). The first
+        attempt's values stand: resume is exact (same checkpoint, seeds and batch), so they
+        are the redone iteration's values, wall times aside. Costs one history query per
+        metric already logged, so the pipeline asks for it on resumed runs only.
+        """
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
+        logged = self._keys_at_step(int(step)) if only_new else set()
         items = []
         for k, v in metrics.items():
             try:
                 x = float(v)
             except (TypeError, ValueError):
                 raise TypeError(f"metric {k!r} is not a number: {v!r}") from None
-            items.append(Metric(safe_metric_name(k), x, ts, int(step)))
-        for i in range(0, len(items), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
+            key = safe_metric_name(k)
+            if key not in logged:
+                items.append(Metric(key, x, ts, int(step)))
+        with self._writing():
+            for i in range(0, len(items), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
+
+    def _writing(self):
+        """A full disk under the embedded store is reported naming mlflow.db (gae.errors.writing)."""
+        from gae.errors import writing
+
+        embedded = tracking_uri(self.data_dir) == f"sqlite:///{self.data_dir.mlflow_db}"
+        return writing(self.data_dir.mlflow_db) if embedded else contextlib.nullcontext()
+
+    def _keys_at_step(self, step: int) -> set[str]:
+        """Metric keys of the run that have a point at `step`."""
+        present = self.client.get_run(self.run_id).data.metrics
+        return {
+            k for k in present if any(m.step == step for m in self.client.get_metric_history(self.run_id, k))
+        }
 
     def log_generations(self, rows: list[dict] | Any, *, iteration: int, name: str | None = None) -> str:
         """A table of sample generations (prompt, response, score, components...) for one
@@ -311,6 +339,23 @@ class Tracker:
         entry = {"path": path, "type": "table"}
         if entry not in logged:
             self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged + [entry]))
+        return path
+
+    def log_figures(self, figures: dict[str, Any], *, iteration: int) -> list[str]:
+        """Per-iteration figures (name -> matplotlib Figure) as `plots/<name>/iter-NNNNN.png`:
+        one folder per plot, so its iterations sit side by side in the artifact browser."""
+        paths = []
+        for name, fig in figures.items():
+            path = f"plots/{name}/iter-{int(iteration):05d}.png"
+            self.client.log_figure(self.run_id, fig, path)
+            paths.append(path)
+        return paths
+
+    def log_report(self, page: str, *, iteration: int) -> str:
+        """The iteration's HTML token report as `reports/iter-NNNNN.html` (replaced when the
+        iteration is logged again); MLflow's artifact view shows it with its script running."""
+        path = f"reports/iter-{int(iteration):05d}.html"
+        self.client.log_text(self.run_id, page, path)
         return path
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:

@@ -11,8 +11,15 @@ iteration, on one ActorCritic. Its body is these named steps (`gae.ppo_steps`), 
             logp, V, H = score(model, mu)                     # gae.models.score_responses
             pg, kl = policy_objective(logp, old_logp, A, H)   # 3. clip surrogate - c_H H; c_KL k(logp, ref_logp)
             vf = value_objective(V, old_V, R)                 # 4. c_V * clipped value loss
-            backward(joint_loss(pg, kl, vf) * share of N)     #    micro_batch_weights
+            backward(joint_loss(pg, kl, vf) * share of N      #    micro_batch_weights
+                     + c_NLL * positive_nll(logp))            #    VAPO, over N's positive tokens
         optimizer_step()                                      # 5. clip grad norm, AdamW (unless target KL hit)
+
+Options from recent papers, each one line of the sketch: `ratio_level="sequence"` swaps the
+token ratio in step 3 for GSPO's per-sequence ratio; `positive_nll_coef` adds VAPO's NLL on
+responses scoring at least `positive_score_threshold`; `loss_rows` (DAPO's dynamic sampling)
+shrinks the mask every step uses; `train_policy=False` (value pretraining, `gae.value_pretrain`)
+makes every iteration a critic-only one.
 
 `old_logp` is the rollout's log-prob, produced by the same `score_responses`, so the
 ratio is exactly 1 on the first minibatch: any drift between the rollout engine and the
@@ -32,10 +39,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gae.device import autocast
-from gae.losses import AggMode, explained_variance
+from gae.losses import AggMode, RatioLevel, explained_variance, positive_nll_loss
 from gae.masked import masked_mean
 from gae.ppo_steps import (
     ReduceFn,
@@ -136,11 +143,48 @@ class PPOConfig(BaseModel):
         description="Rows per forward/backward pass inside a minibatch (gradient accumulation, verl's "
         "micro batch): memory scales with it, the step does not change. None: the whole minibatch.",
     )
+    # --- issue 15: the loss modes of GSPO and VAPO, and VC-PPO's value pretraining
+    ratio_level: RatioLevel = Field(
+        "token",
+        description="Importance ratio of the clipped surrogate: token (PPO) or sequence (GSPO, arXiv "
+        "2507.18071: the geometric mean of a response's token ratios, clipped per sequence). sequence "
+        "defaults clip_low/clip_high to GSPO's 3e-4/4e-4 and loss_agg to seq-mean-token-mean unless set.",
+    )
+    positive_nll_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of VAPO's positive-example LM loss (arXiv 2504.05118; 0.1 there): NLL of the "
+        "tokens of responses whose score is >= positive_score_threshold, averaged over those tokens.",
+    )
+    positive_score_threshold: float = Field(
+        1.0, description="A response is a positive example when its sequence score is >= this."
+    )
+    value_pretrain_iterations: int = Field(
+        0,
+        ge=0,
+        description="Critic-only iterations before PPO (VC-PPO, arXiv 2503.01491), on rollouts of the frozen "
+        "initial policy with lambda = 1 (Monte-Carlo) targets; not counted in `iterations`. Unlike "
+        "critic_warmup_iterations (critic-only PPO iterations on the configured lambda, whose targets "
+        "bootstrap from the untrained critic itself), the targets here do not depend on the critic.",
+    )
+
+    @model_validator(mode="after")
+    def _gspo_defaults(self) -> PPOConfig:
+        # GSPO's ratio is a geometric mean over a whole response: PPO's 0.2 would never clip it.
+        # The paper's ranges and sequence-mean aggregation apply unless the user set them.
+        if self.ratio_level == "sequence":
+            unset = {"clip_low": 3e-4, "clip_high": 4e-4, "loss_agg": "seq-mean-token-mean"}
+            for name, value in unset.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)  # now in model_fields_set: a reload keeps it
+        return self
 
 
 # Loss metrics that are aggregates under `loss_agg`: over micro batches they combine with the
-# loss's weights; the others are means over action tokens and combine by token share.
+# loss's weights; the others are means over action tokens and combine by token share, except
+# SUM_METRICS, already divided by the minibatch's own denominator (they add up as they are).
 AGG_METRICS = frozenset({"actor/pg_loss", "critic/vf_loss", "actor/entropy", "actor/kl_loss"})
+SUM_METRICS = frozenset({"actor/positive_nll"})
 
 
 def _default_score_fn() -> ScoreFn:
@@ -204,6 +248,12 @@ def _check_inputs(batch, advantages: torch.Tensor, returns: torch.Tensor) -> Non
             raise ValueError(f"ppo_update: {name} holds NaN or inf on action tokens")
 
 
+def _rows(x, B: int, device, name: str = "loss_rows") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (B,):
+        raise ValueError(f"ppo_update: {name} must be a ({B},) tensor, got {getattr(x, 'shape', type(x))}")
+    return x.to(device)
+
+
 def ppo_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -221,6 +271,9 @@ def ppo_update(
     total_iterations: int | None = None,
     score_fn: ScoreFn | None = None,
     reduce_sum: ReduceFn | None = None,
+    scores: torch.Tensor | None = None,
+    loss_rows: torch.Tensor | None = None,
+    train_policy: bool = True,
     rank_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """One iteration's PPO update of `model` in place.
@@ -246,6 +299,14 @@ def ppo_update(
             target-KL stop and the logged numbers are global) and to the gradients before
             clipping (so do not also wrap the model in DDP, which would average them). None:
             this process holds the whole minibatch.
+        scores: (B,) sequence scores; needed when `cfg.positive_nll_coef > 0` (rows scoring
+            >= `cfg.positive_score_threshold` are VAPO's positive examples).
+        loss_rows: (B,) bool, the rows that enter the losses (DAPO's dynamic sampling drops the
+            rows of zero-variance groups: they carry no signal and would dilute the token
+            mean); None: all. Whitening, denominators and every loss use only these rows;
+            train_logprobs still covers every row. With no row left, no step is taken.
+        train_policy: False trains the critic only (value pretraining): like a warm-up
+            iteration, the policy's parameters take no step.
         rank_rows: data parallel with the whole `batch` on every rank (gae.distributed): maps
             a set of row indices to this rank's share of it (e.g. `idx.tensor_split(world)[rank]`).
             Every rank then walks the single-process minibatches and whitens over the whole
@@ -266,12 +327,20 @@ def ppo_update(
     device = next(model.parameters()).device
     if batch.action_mask.device != device:
         batch = batch.to(device)
-    mask = batch.action_mask.bool()
+    action_mask = batch.action_mask.bool()  # every generated token: train_logprobs covers these
     B = batch.batch_size
+    mask = action_mask if loss_rows is None else action_mask & _rows(loss_rows, B, device)[:, None]
+    positive = None
+    if cfg.positive_nll_coef > 0 and train_policy:
+        if scores is None:
+            raise ValueError("ppo_update: positive_nll_coef > 0 needs the batch's sequence scores (B,)")
+        positive = mask & (_rows(scores, B, device, "scores") >= cfg.positive_score_threshold)[:, None]
     returns = returns.to(device=device, dtype=torch.float32)
     old_values = batch.values.float()
     old_logprobs = batch.logprobs.float()
-    warmup = train_critic and iteration < cfg.critic_warmup_iterations
+    if not train_policy and not train_critic:
+        raise ValueError("ppo_update: train_policy=False with train_critic=False would train nothing")
+    warmup = train_critic and (not train_policy or iteration < cfg.critic_warmup_iterations)
     kl_in_loss = kl_placement == "loss" and kl_coef > 0
 
     factor = lr_factor(iteration, cfg, total_iterations)
@@ -288,7 +357,7 @@ def ppo_update(
 
     # 1. score: the trainer's view of the rollout policy, before any step
     scoring = {"score_fn": score_fn, "micro_batch_rows": cfg.micro_batch_rows, "bf16": cfg.bf16}
-    train_logprobs = torch.zeros(B, mask.shape[1], dtype=torch.float32, device=device)
+    train_logprobs = torch.zeros(B, action_mask.shape[1], dtype=torch.float32, device=device)
     t0 = time.perf_counter()
     share = rank_rows or (lambda rows: rows)  # data parallel: this rank's rows of a row set
     if cfg.score_before_update:
@@ -315,12 +384,16 @@ def ppo_update(
         seed=cfg.seed * 1_000_003 + iteration,
         device=device,
     )
+    if not bool(mask.any()):
+        schedule = iter(())  # every row dropped (dynamic sampling): nothing to learn from
     for epoch, k, idx in schedule:
         idx = share(idx)
         optimizer.zero_grad(set_to_none=True)
         mb_metrics: dict[str, float] = defaultdict(float)
         total_loss = 0.0
-        denoms = loss_denominators(mask[idx], reduce_sum)
+        denoms = loss_denominators(
+            mask[idx], reduce_sum, positive=positive[idx] if positive is not None else None
+        )
         for mi in micro_batches(idx, cfg.micro_batch_rows):
             m = mask[mi]
             w_tok, w_agg = micro_batch_weights(m, denoms, cfg.loss_agg)
@@ -351,6 +424,7 @@ def ppo_update(
                 entropy_coef=cfg.entropy_coef,
                 agg=cfg.loss_agg,
                 kl=kl if kl_in_loss and not warmup else None,
+                ratio_level=cfg.ratio_level,
             )
             # 4. value loss
             vf, vf_m = value_objective(
@@ -364,11 +438,18 @@ def ppo_update(
             )
             chunk_m.update(vf_m)
             loss = joint_loss(pg, kl_term, vf, train_policy=not warmup, train_critic=train_critic)
-            (loss * w_agg).backward()
-            total_loss += float(loss.detach()) * w_agg
+            scaled = loss * w_agg
+            if positive is not None and not warmup:
+                # VAPO's positive-example NLL: already divided by the minibatch's positive tokens
+                nll, nll_m = positive_nll_loss(logp, positive[mi], denominator=denoms.positive_tokens)
+                scaled = scaled + cfg.positive_nll_coef * nll
+                chunk_m.update(nll_m)
+            scaled.backward()
+            total_loss += float(scaled.detach()) if positive is not None else float(loss.detach()) * w_agg
             # the aggregated losses add up like the loss; the per-token rates by token share
             for key, val in chunk_m.items():
-                mb_metrics[key] += val * (w_agg if key in AGG_METRICS else w_tok)
+                w = 1.0 if key in SUM_METRICS else w_agg if key in AGG_METRICS else w_tok
+                mb_metrics[key] += val * w
         mb_metrics["actor/total_loss"] = total_loss
         if reduce_sum is not None:
             mb_metrics = reduce_metrics(mb_metrics, reduce_sum, device)
@@ -414,16 +495,20 @@ def ppo_update(
     metrics["actor/early_stopped"] = float(stopped)
     metrics["actor/critic_warmup"] = float(warmup)
     metrics["actor/first_minibatch_max_abs_log_ratio"] = first_ratio_max_dev
+    if loss_rows is not None:
+        metrics["actor/loss_rows_frac"] = float(mask.any(-1).sum()) / max(1, int(action_mask.any(-1).sum()))
+    if positive is not None:
+        metrics["actor/positive_frac"] = float(positive.any(-1).sum()) / max(1, int(mask.any(-1).sum()))
     with torch.no_grad():
         diff = (train_logprobs.exp() - old_logprobs.exp()).abs()
-        diff = torch.where(mask, diff, torch.zeros_like(diff))
+        diff = torch.where(action_mask, diff, torch.zeros_like(diff))
         metrics["training/rollout_probs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
-        metrics["training/rollout_probs_diff_mean"] = float(masked_mean(diff, mask))
+        metrics["training/rollout_probs_diff_mean"] = float(masked_mean(diff, action_mask))
     # One joint backward updates actor and critic together; the time is reported under the
     # part that trained (warm-up iterations train only the critic).
     metrics["timing_s/update_critic" if warmup else "timing_s/update_actor"] = t_done - t_update
     metrics["timing_s/update"] = time.perf_counter() - t_start
-    train_logprobs = torch.where(mask, train_logprobs, torch.zeros_like(train_logprobs))
+    train_logprobs = torch.where(action_mask, train_logprobs, torch.zeros_like(train_logprobs))
     return metrics, train_logprobs.detach().float()
 
 

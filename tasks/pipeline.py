@@ -243,7 +243,8 @@ def log_iteration(
     tracker = Tracker.start(
         data_dir, run_id=run["run_id"], experiment=experiment, mlflow_run_id=run["mlflow_run_id"]
     )
-    tracker.log_metrics(metrics, step=iteration)
+    # A resumed run redoes the iteration it was killed in, which may have been logged already.
+    tracker.log_metrics(metrics, step=iteration, only_new=bool(run.get("resumed")))
     if samples:
         tracker.log_generations(samples, iteration=iteration, name=label)
     uri = tracking_uri(data_dir)
@@ -274,7 +275,54 @@ def log_iteration(
             table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} for s in samples],
             description=f"sample generations, {label or f'iteration {iteration}'}",
         )
+    if batch_dir is not None:
+        log_token_views(data_dir, run, iteration, tracker, key=f"tokens-{key}"[:100])
     return run["mlflow_run_id"]
+
+
+def log_token_views(data_dir: str, run: dict, iteration: int, tracker, *, key: str) -> float | None:
+    """The iteration's token report and plots (issue 17): the HTML page to MLflow
+    (`reports/iter-NNNNN.html`) and to `<data-dir>/reports/<run_id>/`, the plots to MLflow
+    (`plots/<name>/iter-NNNNN.png`), and a Prefect markdown artifact that links the page and
+    shows the best and worst rollouts. Read from the iteration's staging folder, since this
+    runs before the iteration is published. Returns the seconds it took (`timing_s/report`),
+    or None when it failed: a report must never fail an iteration."""
+    import time
+
+    from prefect.artifacts import create_markdown_artifact
+
+    from gae import plots, report
+    from gae.paths import DataDir
+
+    t0 = time.perf_counter()
+    dd = DataDir.resolve(data_dir)
+    try:
+        stage = dd.iteration_dir(run["run_id"], iteration) / "stage"
+        root = stage if any((stage / "tokens").glob("*/*/*.parquet")) else dd.root
+        built = report.build_iteration(root, run["run_id"], iteration)
+        file = report.write(dd.root / "reports" / run["run_id"] / f"iter-{iteration:05d}.html", built.page)
+        mlflow_path = tracker.log_report(built.page, iteration=iteration)
+        tracker.log_figures(built.figures, iteration=iteration)
+        thumb = {"advantage_by_position": plots.png_bytes(built.figures["advantage_by_position"], dpi=60)}
+        create_markdown_artifact(
+            key=key,
+            markdown=report.markdown(
+                built.views,
+                run_id=run["run_id"],
+                iteration=iteration,
+                report_file=str(file),
+                mlflow_path=mlflow_path,
+                mlflow_run_id=run["mlflow_run_id"],
+                images=thumb,
+            ),
+            description=f"token report, iteration {iteration} of {run['run_id']}",
+        )
+    except Exception as exc:
+        get_run_logger().warning("token report of iteration %d not logged: %s", iteration, exc)
+        return None
+    seconds = time.perf_counter() - t0
+    tracker.log_metrics({"timing_s/report": seconds}, step=iteration)
+    return seconds
 
 
 @task(name="finish-run")

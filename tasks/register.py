@@ -27,6 +27,21 @@ def _eval_score(data_dir: str, run: dict) -> tuple[float, int]:
     return float(score), int(last["iteration"])
 
 
+BASELINE_METRIC = "eval/reward_baseline"  # logged by rl-pipeline before iteration 0
+
+
+def _baseline_score(data_dir: str, run: dict) -> float | None:
+    """The pretrained policy's eval reward, as the run logged it to MLflow (a resumed run has
+    it too); None when the run has no MLflow run or never logged one."""
+    from gae.tracking import get_client
+
+    if not run.get("mlflow_run_id"):
+        return None
+    metrics = get_client(data_dir).get_run(run["mlflow_run_id"]).data.metrics
+    value = metrics.get(BASELINE_METRIC)
+    return float(value) if value is not None else None
+
+
 @task(name="register-policy", retries=2, retry_delay_seconds=2)
 def register_policy(
     data_dir: str,
@@ -39,11 +54,14 @@ def register_policy(
 ) -> dict:
     """Log `policy_dir` as a pyfunc model under the run's MLflow run and register it as a new
     version of `cfg["registry"]["model_name"]`; `candidate` moves to it, `champion` only if
-    its eval score beats the champion's. `eval_score`/`iteration` default to the last
-    completed iteration's `eval/reward/mean` in the run state. Returns the Registration."""
+    its eval score beats the champion's and is not below the run's baseline (the pretrained
+    policy's eval reward, `eval/reward_baseline` in the run's MLflow metrics).
+    `eval_score`/`iteration` default to the last completed iteration's `eval/reward/mean` in
+    the run state. Returns the Registration."""
     from gae.paths import DataDir
     from gae.registry import log_and_register
 
+    baseline = _baseline_score(data_dir, run)
     if eval_score is None or iteration is None:
         score, it = _eval_score(data_dir, run)
         eval_score = score if eval_score is None else eval_score
@@ -59,6 +77,7 @@ def register_policy(
         mlflow_run_id=run.get("mlflow_run_id"),
         experiment=reg_cfg.get("experiment", "gaeflow"),
         config=cfg,
+        baseline_score=baseline,
         source=f"{run['run_id']}:{iteration}",
         tags={
             "gae.run_id": run["run_id"],

@@ -58,17 +58,25 @@ def eos_biased(model, bias: float):
     return model
 
 
-@pytest.fixture(scope="module", params=["gpt", "hf-gpt2", "hf-qwen2"])
-def model(request, tmp_path_factory):
-    if request.param == "gpt":
+STATIC_ARCHS = ["gpt", "hf-gpt2", "hf-qwen2"]
+
+
+def static_arch_model(name: str, tmp_path_factory, device: str = "cpu"):
+    """A tiny model of each arch with a static cache, its EOS favoured: p(EOS) ~ e^3 / (e^3 + 300)
+    ~ 0.06 per step, so rows end anywhere in 1..24 steps, or run to the limit."""
+    if name == "gpt":
         cfg = ModelConfig.preset("tiny")
-    elif request.param == "hf-gpt2":
+    elif name == "hf-gpt2":
         cfg = ModelConfig(arch="hf", hf_path=hf_tiny_dir(tmp_path_factory))
     else:
         cfg = ModelConfig(arch="hf", hf_path=qwen2_tiny_dir(tmp_path_factory))
     torch.manual_seed(0)
-    # p(EOS) ~ e^3 / (e^3 + 300) ~ 0.06 per step: rows end anywhere in 1..24 steps, or run to the limit
-    return eos_biased(build_model(cfg, V).eval(), 3.0)
+    return eos_biased(build_model(cfg, V).to(device).eval(), 3.0)
+
+
+@pytest.fixture(scope="module", params=STATIC_ARCHS)
+def model(request, tmp_path_factory):
+    return static_arch_model(request.param, tmp_path_factory)
 
 
 def prompt_rows(n: int, seed: int, max_len: int = 14) -> list[list[int]]:
@@ -122,6 +130,30 @@ def test_check_interval_does_not_change_results(model, check_every):
     dyn = sample_batch(model, rows, [1, 2, 3, 4], decode="dynamic", **kw)
     sta = sample_batch(model, rows, [1, 2, 3, 4], decode="static", check_every=check_every, **kw)
     assert_same(dyn, sta)
+
+
+def test_static_step_under_bf16_autocast(model):
+    """bf16 autocast (CPU's standing in for CUDA's, where the static loop turns it on): a prefill
+    and one decode step through the static cache give the dynamic cache's logits up to bf16
+    rounding (the GPT's cache keeps float32, as its dynamic cache does; HF's StaticCache takes
+    the bf16 of the keys it is first given)."""
+    from gae.decode import StaticDecoder
+
+    dyn, _ = both(model, prompt_rows(3, seed=8), [1, 2, 3], temperature=0.0, top_k=0, top_p=1.0)
+    ids, mask, nxt = dyn["prompt_tokens"], dyn["prompt_mask"], dyn["response_tokens"][:, :1]
+    dec = StaticDecoder(
+        model, rows=4, max_len=64, max_new_tokens=4, temperature=0.0, top_k=0, top_p=1.0, eos_id=EOS,
+        pad_id=PAD, device=torch.device("cpu"), bf16=False, cuda_graph=False,
+    )  # fmt: skip
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_cache(3, 64)
+        _, cache = model.decode_step(ids, mask, cache, last_only=True)
+        ref, _ = model.decode_step(nxt, torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], 1), cache)
+        dec._prefill(ids, mask, None)  # samples token 0 (greedy) into dec.cur
+        assert torch.equal(dec.cur[:3], nxt)
+        dec.key_mask.index_fill_(1, dec.col, True)
+        got = model.static_step(dec.cur, dec.pos, dec.key_mask[:, None, None, :], dec.cache)
+    torch.testing.assert_close(got[:3].float(), ref[:, -1].float(), atol=0.1, rtol=0.05)
 
 
 def test_decoder_reused_across_calls_prompt_lengths_and_batch_sizes(model):

@@ -98,8 +98,13 @@ def test_smoke_pipeline_end_to_end(prefect_api, tmp_path):
     assert tables == {"generations/baseline.json"} | {
         f"generations/iter-{i:05d}.json" for i in range(cfg.iterations)
     }
-    mv = client.get_model_version_by_alias(cfg.registry.model_name, "champion")
-    assert str(mv.version) == str(result["registered"]["version"])
+    # champion only when the policy is not worse than the pretrained one (issue 17)
+    reg = result["registered"]
+    baseline = run.data.metrics["eval/reward_baseline"]
+    assert reg["promoted"] == (reg["eval_score"] >= baseline)
+    if reg["promoted"]:
+        mv = client.get_model_version_by_alias(cfg.registry.model_name, "champion")
+        assert str(mv.version) == str(reg["version"])
 
 
 def _run_cli(args, env, **kw):

@@ -67,6 +67,7 @@ def test_register_then_load_champion_in_a_separate_process(data_dir, policy_dir)
         cwd=data_dir.root,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Add type hints" not in proc.stderr  # no MLflow UserWarning at every model load
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out["a"]) == 2 and all(isinstance(t, str) for t in out["a"])
     assert any(len(t) > 0 for t in out["a"])
@@ -132,7 +133,7 @@ def test_retried_alias_update_keeps_the_previous_champion_score(data_dir):
         client.create_model_version("m", source=(data_dir.root / "no-model").as_uri())
     assert update_aliases(client, "m", 1, 0.3) == (True, 1, None)  # the first is champion
     assert update_aliases(client, "m", 1, 0.3) == (True, 1, None)  # its retry: there was still none
-    assert client.get_model_version("m", "1").tags["champion_eval_score"] == "None"
+    assert "champion_eval_score" not in client.get_model_version("m", "1").tags  # there was none
     assert update_aliases(client, "m", 2, 0.5) == (True, 2, 0.3)  # 0.5 > 0.3: promoted
     assert update_aliases(client, "m", 2, 0.5) == (True, 2, 0.3)  # its retry: same answer
     tags = client.get_model_version("m", "2").tags
@@ -142,6 +143,37 @@ def test_retried_alias_update_keeps_the_previous_champion_score(data_dir):
         "true",
     )
     assert int(client.get_model_version_by_alias("m", "champion").version) == 2
+
+
+def test_a_version_below_the_pretrained_baseline_is_not_champion(data_dir):
+    """Issue 17: the smoke run's first version (eval 0.311 after PPO, 0.375 before) became
+    champion. Below its run's baseline a version stays a candidate, with the reason tagged."""
+    from mlflow import MlflowClient
+
+    from gae.registry import list_versions, update_aliases
+
+    uri = f"sqlite:///{data_dir.mlflow_db}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("g")
+    for _ in range(4):
+        client.create_model_version("g", source=(data_dir.root / "no-model").as_uri())
+    assert update_aliases(client, "g", 1, 0.311, baseline_score=0.375) == (False, None, None)
+    tags = client.get_model_version("g", "1").tags
+    assert tags["promoted"] == "false" and float(tags["baseline_eval_score"]) == 0.375
+    assert "below the pretrained policy's 0.375" in tags["not_promoted_reason"]
+    assert "champion_eval_score" not in tags  # no champion to compare with: no tag, not "None"
+    assert int(client.get_model_version_by_alias("g", "candidate").version) == 1
+    with pytest.raises(Exception, match="champion"):
+        client.get_model_version_by_alias("g", "champion")
+    # at the baseline is not below it; the first such version becomes champion
+    assert update_aliases(client, "g", 2, 0.375, baseline_score=0.375) == (True, 2, None)
+    # beats the champion but is below its own run's baseline: not promoted
+    assert update_aliases(client, "g", 3, 0.5, baseline_score=0.6) == (False, 2, 0.375)
+    # beats both
+    assert update_aliases(client, "g", 4, 0.5, baseline_score=0.45) == (True, 4, 0.375)
+    rows = {r["version"]: r for r in list_versions("g", data_dir=data_dir)}
+    assert rows[4]["champion_eval_score"] == 0.375 and rows[1]["champion_eval_score"] is None
+    assert rows[3]["baseline_eval_score"] == 0.6 and rows[4]["aliases"] == ["candidate", "champion"]
 
 
 def test_register_under_the_pipeline_run_keeps_it_running(data_dir, policy_dir):

@@ -41,7 +41,9 @@ class IngestConfig(BaseModel):
     prompt_field: str = Field("prompt", description="Field with an explicit prompt, used as-is when present.")
     reference_field: str = Field("reference", description="Field with the reference continuation or answer.")
     list_joiner: str = Field(
-        "\n", description="Joins the items of a list-valued field (a poem's `paragraphs`)."
+        "\n",
+        description="Joins the items of a list-valued field (a poem's `paragraphs`); the default is one "
+        "line break, which a form's text box shows as an empty line.",
     )
     split_paragraphs: bool = Field(
         False, description="Plain text: a document per blank-line block, not per file."

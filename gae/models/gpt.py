@@ -103,8 +103,9 @@ class CausalSelfAttention(nn.Module):
             t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, L, hs)
         if isinstance(cache, StaticKVCache):
-            cache.k[layer].index_copy_(2, cache.write_index, k)
-            cache.v[layer].index_copy_(2, cache.write_index, v)
+            # the cache keeps the weights' dtype, as KVCache does (bf16 autocast makes k, v bf16)
+            cache.k[layer].index_copy_(2, cache.write_index, k.to(cache.k[layer].dtype))
+            cache.v[layer].index_copy_(2, cache.write_index, v.to(cache.v[layer].dtype))
             k, v = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs): unwritten columns are masked
         elif cache is not None:
             start = cache.length

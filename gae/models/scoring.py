@@ -19,8 +19,9 @@ backward recomputes one chunk's logits at a time, so neither pass holds (B, T, V
 keep several such tensors for the backward). The price is one more head projection in the
 backward. This is the chunking of Liger-Kernel's fused linear cross-entropy (Hsu et al. 2024),
 kept in PyTorch so it runs on every device and under any `logits` a backbone defines (HF logit
-scaling and soft-capping, output layers cut to the tokenizer). `chunk_tokens=0` is the
-one-pass reference (the logits of every position at once).
+scaling and soft-capping, output layers cut to the tokenizer). Liger's own kernel (0.8.5)
+returns cross-entropy only, not the per-token entropy the loss and its metrics need, and runs
+on CUDA only. `chunk_tokens=0` is the one-pass reference (the logits of every position at once).
 """
 
 from __future__ import annotations
