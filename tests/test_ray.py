@@ -38,8 +38,9 @@ def ray_instance():
     """A local Ray for this module: 127.0.0.1 only, no token file in the home directory."""
     from gae.distributed.cluster import import_ray
 
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAY_ADDRESS", None)  # never another cluster
     ray = import_ray(local_start=True)
     tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray.init(

@@ -21,7 +21,9 @@ def prefect_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def option_values(data_dir, iterations, device, run_name, corpus, no_resume, executor=None, workers=None) -> dict:
+def option_values(
+    data_dir, iterations, device, run_name, corpus, no_resume, executor=None, workers=None
+) -> dict:
     """`gae run`'s typed options as config values. They go in as they are, not through YAML
     like `--set`: a run name "007" or "on" stays a string, a path with a quote stays that path."""
     cluster = {k: v for k, v in (("executor", executor), ("workers", workers)) if v is not None}
@@ -61,7 +63,8 @@ def register(app: typer.Typer) -> None:
             False, "--no-resume", help="Start a new run even if one is unfinished."
         ),
         executor: str | None = typer.Option(
-            None, help="local (one process) or ray (sharded over Ray workers; see README, 'Running on a cluster')."
+            None,
+            help="local (one process) or ray (sharded over Ray workers; see README, 'Running on a cluster').",
         ),
         workers: int | None = typer.Option(None, help="Ray workers with --executor ray (cluster.workers)."),
     ) -> None:
@@ -71,12 +74,13 @@ def register(app: typer.Typer) -> None:
 
         values = option_values(data_dir, iterations, device, run_name, corpus, no_resume, executor, workers)
         cfg = load_config(preset=preset, path=config, overrides=list(set_), values=values)
-        if cfg.cluster.executor == "ray":
-            from gae.distributed.cluster import check_address, import_ray
+        if cfg.cluster.executor == "ray":  # one line now, not after Prefect has started
+            from gae.distributed.cluster import check_address, import_ray, target_address
 
-            import_ray(local_start=cfg.cluster.address is None)  # one line now, not after pretraining
-            if cfg.cluster.address is not None:
-                check_address(cfg.cluster.address)
+            address = target_address(cfg.cluster)
+            import_ray(local_start=address is None)
+            if address is not None:
+                check_address(address)
 
         # Fail fast, before Prefect starts, when another run holds the data directory.
         from gae.lock import writer_lock

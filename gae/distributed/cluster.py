@@ -69,21 +69,27 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
+def target_address(cfg: ClusterConfig) -> str | None:
+    """The cluster to join: `cluster.address`, else Ray's own `RAY_ADDRESS`; None starts a local one."""
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(ray, cfg: ClusterConfig) -> bool:
-    """Start a local Ray instance (cfg.address None) or join cfg.address; returns whether this
-    call started one (and so must stop it). A process already connected keeps its connection."""
+    """Start a local Ray instance (no address) or join `target_address(cfg)`; returns whether
+    this call started one (and so must stop it). A process already connected keeps its connection."""
     if ray.is_initialized():
         return False
-    if cfg.address is None:
+    address = target_address(cfg)
+    if address is None:
         cpus = max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.cpus_per_worker))
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, namespace="gaeflow")
         return True
-    check_address(cfg.address)
+    check_address(address)
     try:
-        ray.init(address=cfg.address, namespace="gaeflow")
+        ray.init(address=address, namespace="gaeflow")
     except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cluster.address={cfg.address!r}: cannot join the Ray cluster: {first}") from None
+        raise ValueError(f"cluster.address={address!r}: cannot join the Ray cluster: {first}") from None
     return False
 
 
@@ -233,7 +239,7 @@ def start_pool(
 ) -> WorkerPool:
     """Connect (`connect`), place `cfg.workers` workers, wait until each has started, and join
     them in a torch.distributed process group (gloo, or NCCL on GPU workers) for the update."""
-    ray = import_ray(local_start=cfg.address is None and not _connected())
+    ray = import_ray(local_start=target_address(cfg) is None and not _connected())
     started = connect(ray, cfg)
     pg, actors = None, []
     try:

@@ -26,8 +26,8 @@ class ClusterConfig(BaseModel):
     address: str | None = Field(
         None,
         description="Ray cluster to join: 'auto' (the cluster `ray start` runs on this machine), 'HOST:PORT' "
-        "of a head node, or 'ray://HOST:10001' (Ray Client). None: start a local Ray instance on this "
-        "machine (loopback only) for the run and stop it afterwards.",
+        "of a head node, or 'ray://HOST:10001' (Ray Client). None: Ray's RAY_ADDRESS when set, else a local "
+        "Ray instance on this machine (loopback only), started for the run and stopped afterwards.",
     )
     workers: int = Field(
         2, ge=1, description="Ray workers (actors); each holds a policy, its reference and a rank."
