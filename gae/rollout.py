@@ -311,6 +311,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sampling_options(cfg: RolloutConfig, tok, device) -> dict:
+    """`sample_batch`'s keyword arguments from a rollout config: one place for every caller
+    (the sharded rollouts of `gae.distributed` must sample exactly as this module does)."""
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "device": device,
+        "bf16": cfg.bf16,
+        "decode": cfg.decode,
+        "cuda_graph": cfg.cuda_graph,
+        "check_every": cfg.check_every,
+    }
+
+
 def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig, *, device) -> RolloutBatch:
     """Sample `cfg.n_samples` responses per prompt and score them with the policy and the reference.
 
@@ -353,17 +371,7 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
                 policy,
                 [rows[row_prompt[r]] for r in idx],
                 [seeds[r] for r in idx],
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                eos_id=tok.eos_id,
-                pad_id=tok.pad_id,
-                device=device,
-                bf16=cfg.bf16,
-                decode=cfg.decode,
-                cuda_graph=cfg.cuda_graph,
-                check_every=cfg.check_every,
+                **sampling_options(cfg, tok, device),
             )
         )
     P = max(c["prompt_tokens"].shape[1] for c in chunks)

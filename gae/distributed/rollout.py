@@ -38,6 +38,7 @@ from gae.rollout import (
     resolve_decode,
     row_seed,
     sample_batch,
+    sampling_options,
 )
 
 # (B, P) prompt fields are left-padded, (B, T) response fields right-padded, as generate_rollouts pads.
@@ -94,20 +95,7 @@ def sample_chunks(
     out = []
     for chunk in chunks:
         c = sample_batch(
-            policy,
-            [rows[i] for i, _ in chunk],
-            [s for _, s in chunk],
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            eos_id=tok.eos_id,
-            pad_id=tok.pad_id,
-            device=device,
-            bf16=cfg.bf16,
-            decode=cfg.decode,
-            cuda_graph=cfg.cuda_graph,
-            check_every=cfg.check_every,
+            policy, [rows[i] for i, _ in chunk], [s for _, s in chunk], **sampling_options(cfg, tok, device)
         )
         host = {k: v.cpu() for k, v in c.items() if isinstance(v, torch.Tensor)}
         ids = _response_ids(host["response_tokens"], host["action_mask"], tok.eos_id)
