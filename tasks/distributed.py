@@ -69,7 +69,11 @@ def worker_pool(cluster_cfg: dict, device: str = "auto", info_path=None) -> Iter
     try:
         yield pool
     finally:
-        stop_workers(pool)
+        try:
+            stop_workers(pool)
+        finally:
+            # idempotent: stops the workers even where the task could not run (a cancelled flow)
+            stop_workers.fn(pool)
 
 
 @task(name="shard", task_run_name="{stage}[{rank}]", cache_policy=NO_CACHE)

@@ -495,6 +495,10 @@ def test_cli_options_set_the_cluster_section():
     cfg = load_config(preset="smoke", values=option_values(None, None, None, None, [], False, "ray", 3))
     assert (cfg.cluster.executor, cfg.cluster.workers) == ("ray", 3)
     assert load_config(preset="smoke").cluster.executor == "local"
+    for bad, where in (("cluster.executor=dask", "cluster.executor"), ("cluster.workers=0", "cluster.workers"),
+                       ("cluster.address=' '", "cluster.address")):  # fmt: skip
+        with pytest.raises(ValueError, match=where.split(".")[1]):
+            load_config(preset="smoke", overrides=[bad])
 
 
 # ---------------------------------------------------------------------------------------
