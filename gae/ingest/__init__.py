@@ -181,6 +181,8 @@ def ingest(
         ingest_id=new_ingest_id(), database=str(dd.db), skipped_files=[str(p) for p in skipped]
     )
     total = len(files) if paths is not None else 1
+    # the default corpus is read before anything is written: an interpreter without it is an error of input
+    default = _default_unit() if paths is None else None
     try:
         con = connect(dd, views=False)
     except Exception as exc:
@@ -193,7 +195,7 @@ def ingest(
         con.execute("set preserve_insertion_order = false")
         inputs = json.dumps([str(p) for p in paths]) if paths is not None else None
         _exec(con, "start_ingest", {"ingest_id": summary.ingest_id, "inputs": inputs})
-        units = _units(con, files, cfg) if paths is not None else iter([_default_unit()])
+        units = _units(con, files, cfg) if default is None else iter([default])
         for srcs, make_chunks in units:
             run.unit(srcs, make_chunks)
         run.totals()
