@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gae.advantages import AdvantageInputError, _pick_backend, compute_gae, gae_reference
+from gae.advantages import AdvantageInputError, _pick_backend, compute_gae, gae_reference, raise_pending
 from gae.kernels import triton_available
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,33 +86,61 @@ def test_triton_long_row_chunk_carries():
 
 
 # Compiles the kernel for an H100 (sm_90) with Triton's bundled NVIDIA toolchain, no GPU
-# needed: the argument types are the ones Triton's launcher derives from the arguments
-# `gae_triton` passes (`mangle_type`: a Python float becomes fp32, an int equal to 1 a constexpr).
+# needed, with the argument types and alignment attributes Triton's launcher derives from the
+# arguments `gae_triton` passes (`mangle_type`: an int equal to 1 becomes a constexpr; the
+# annotated scalars stay fp64; 16-byte aligned pointers and T % 16 == 0 get `tt.divisibility`,
+# which is what lets the loads vectorise), and reads each cubin's registers and spills.
 AOT_SCRIPT = """
-import json, sys
+import json, os, re, subprocess, sys, tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import mangle_type
-from gae.kernels.triton_gae import _block_for, _gae_row
+from gae.kernels.triton_gae import _gae_kernel, launch_config
 
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 out = {}
-for dt, T in (("fp32", 4096), ("fp64", 32768), ("fp32", 1)):
-    sig, consts = {}, {}
-    for name in _gae_row.arg_names:
-        if name == "BLOCK":
-            sig[name], consts[name] = "constexpr", _block_for(T)
-        elif name == "T":
-            sig[name] = mangle_type(T, specialize=True)
-            if sig[name] == "constexpr":
-                consts[name] = T
-        elif name.endswith("_ptr"):
-            sig[name] = {"m_ptr": "*u8", "bad_ptr": "*i32"}.get(name, f"*{dt}")
-        else:  # a scalar: gae_triton passes Python floats (gamma, gamma * lam)
-            sig[name] = mangle_type(0.99)
-    k = triton.compile(ASTSource(fn=_gae_row, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+for dt, T, decoupled in (("fp32", 4096, False), ("fp32", 4096, True), ("fp64", 32768, False), ("fp32", 1, False)):
+    cfg = launch_config(T)
+    cx = dict(HAS_LV=True, LAMA_ROWS=decoupled, LAMC_ROWS=decoupled, DECOUPLED=decoupled, CHECK=True,
+              GATHER=cfg.scan == "gather", EVEN=T % cfg.block == 0, BLOCK=cfg.block, STAGES=cfg.stages)
+    sig, consts, attrs = {}, {}, {}
+    for p in _gae_kernel.params:
+        if p.name in cx:
+            sig[p.name], consts[(p.num,)] = "constexpr", cx[p.name]
+        elif p.name in ("B", "T"):
+            val = {"B": 1024, "T": T}[p.name]
+            sig[p.name] = mangle_type(val, specialize=True)
+            if sig[p.name] == "constexpr":
+                consts[(p.num,)] = val
+            elif val % 16 == 0:
+                attrs[(p.num,)] = [["tt.divisibility", 16]]
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = {"m_ptr": "*u8", "rec_ptr": "*i64", "lama_ptr": "*fp64", "lamc_ptr": "*fp64"}.get(
+                p.name, f"*{dt}"
+            )
+            attrs[(p.num,)] = [["tt.divisibility", 16]]
+        else:
+            sig[p.name] = p.annotation  # gamma, lam_a, lam_c: annotated fp64
+    k = triton.compile(
+        ASTSource(fn=_gae_kernel, signature=sig, constexprs=consts, attrs=attrs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": cfg.warps, "num_stages": cfg.stages},
+    )
     head = next(line for line in k.asm["ttir"].splitlines() if "tt.func" in line)
-    out[f"{dt}/{T}"] = {"cubin": len(k.asm["cubin"]), "f32_argument": ": f32 " in head}
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    found = re.search(r"REG:(\\d+) STACK:(\\d+) SHARED:\\d+ LOCAL:(\\d+)", usage.stdout)
+    out[f"{dt}/{T}" + ("/decoupled" if decoupled else "")] = {
+        "cubin": len(k.asm["cubin"]),
+        "f32_argument": ": f32 " in head,
+        "vector_loads": "ld.global.v4" in k.asm["ptx"],
+        "registers": int(found.group(1)) if found else None,
+        "spilled": int(found.group(2)) + int(found.group(3)) if found else None,
+        "warps": cfg.warps,
+    }
 json.dump(out, sys.stdout)
 """
 
@@ -120,7 +148,8 @@ json.dump(out, sys.stdout)
 @pytest.fixture(scope="module")
 def aot_h100():
     pytest.importorskip("triton.backends.nvidia", reason="triton without its NVIDIA backend")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}  # compile for real, not interpret
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}  # compile for real
+    env.pop("GAE_TRITON_CONFIG", None)
     p = subprocess.run(
         [sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
     )
@@ -130,15 +159,30 @@ def aot_h100():
 
 @needs_triton
 def test_triton_kernel_compiles_for_h100(aot_h100):
-    # float32 at T = 4096 (BLOCK 2048), float64 at T = 32768, and T = 1, which Triton turns
-    # into a compile-time constant: each lowers to an sm_90 cubin.
-    assert set(aot_h100) == {"fp32/4096", "fp64/32768", "fp32/1"}
+    # float32 at T = 4096, decoupled with per-row lambdas, float64 at T = 32768, and T = 1,
+    # which Triton turns into a compile-time constant: each lowers to an sm_90 cubin.
+    assert set(aot_h100) == {"fp32/4096", "fp32/4096/decoupled", "fp64/32768", "fp32/1"}
     assert all(k["cubin"] > 0 for k in aot_h100.values())
 
 
 @needs_triton
 def test_float64_kernel_has_no_fp32_argument(aot_h100):
     assert not aot_h100["fp64/32768"]["f32_argument"]
+
+
+@needs_triton
+def test_default_launch_keeps_a_1024_row_batch_resident_without_spills(aot_h100):
+    # Issue 14: the kernel shipped with issue 8 used 196 registers a thread (BLOCK 2048, 4
+    # warps): 2 programs an SM, so 1024 rows took 4 waves over an H100/H200's 132 SMs. The
+    # default launch must fit 8 programs of 4 warps in an SM's 65,536 registers (<= 64 a
+    # thread): every row of a 1024 x 4096 batch resident at once, in one wave. And the loads
+    # of r, v and the mask vectorise (128-bit), which a load masked by the action mask did not.
+    k = aot_h100["fp32/4096"]
+    assert k["registers"] is not None, "cuobjdump printed no resource usage"
+    assert k["spilled"] == 0
+    assert k["registers"] * 32 * k["warps"] * 8 <= 65536, k
+    assert k["vector_loads"]
+    assert aot_h100["fp32/4096/decoupled"]["spilled"] == 0
 
 
 def test_dtoh_counter_reads_kineto_memcpy_events():
@@ -239,12 +283,11 @@ def test_triton_matches_reference(shape, contiguous):
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", [(6, 33), (4, 130), (2, 8192), (2, 32768)])
 def test_triton_float64_matches_reference(shape):
-    # float64 to 1e-10, as the CPU tests require of every backend. Through the interpreter
-    # gamma and gamma*lam stay Python floats (float64); compiled, Triton specialises a Python
-    # float argument as fp32 (`triton.runtime.jit.mangle_type(0.95) == "fp32"`), which
-    # rounds gamma = 0.95 to 0.949999988 and moves float64 advantages by ~1e-6 (computed on
-    # CPU with the reference at the rounded gamma). The fix belongs in the kernel: annotate
-    # `gamma: tl.float64, gl: tl.float64` and cast them to the inputs' dtype inside.
+    # float64 to 1e-10, as the CPU tests require of every backend. Triton specialises a bare
+    # Python float argument as fp32 (`triton.runtime.jit.mangle_type(0.95) == "fp32"`), which
+    # would round gamma = 0.95 to 0.949999988 and move float64 advantages by ~1e-6; the
+    # kernel's scalars are annotated `tl.float64` (honoured since Triton 3.4) and rounded to
+    # the inputs' dtype inside, as the CPU kernels round a Python float.
     B, T = shape
     r, v, m, lv = batch(B, T, seed=T)
     t = torch.arange(T)
@@ -339,7 +382,8 @@ def test_hand_computed_on_gpu():
         ((2, 2999), "values", float("-inf"), r"values\[2, 2999\]"),  # last position, second chunk
     ],
 )
-def test_triton_errors_name_first_bad_position(where, tensor, bad, expected):
+@pytest.mark.parametrize("check", ["eager", "deferred"])
+def test_triton_errors_name_first_bad_position(where, tensor, bad, expected, check):
     r, v, m, _ = batch(5, 3000, seed=0, dtype=torch.float32)
     m[:] = True
     x = {"rewards": r, "values": v}[tensor]
@@ -347,21 +391,147 @@ def test_triton_errors_name_first_bad_position(where, tensor, bad, expected):
     if where[0] < 3:
         v[3, 1] = float("nan")  # a later bad row is not the one reported
     with pytest.raises(AdvantageInputError, match=expected):
-        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, backend="triton")
+        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, backend="triton", check=check)
+        raise_pending()  # deferred: raised here, eager: never reached
 
 
 @pytest.mark.cuda
-def test_triton_stray_reward_and_last_value_errors():
+@pytest.mark.parametrize("check", ["eager", "deferred"])
+def test_triton_stray_reward_and_last_value_errors(check):
     r, v, m, lv = batch(3, 8, seed=0, dtype=torch.float32)
     m[:, 5:] = False
     r[:, 5:] = 0.0
     r[2, 7] = 1e-45  # the smallest float32 subnormal is not zero
-    with pytest.raises(AdvantageInputError, match=r"rewards\[2, 7\].*non-action"):
-        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, backend="triton")
+    with pytest.raises(AdvantageInputError, match=r"rewards\[2, 7\] = 1.4.*non-action"):
+        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, backend="triton", check=check)
+        raise_pending()
     r[2, 7] = 0.0
     lv[1] = float("nan")
-    with pytest.raises(AdvantageInputError, match=r"last_value\[1\]"):
-        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=1.0, lam=1.0, last_value=lv.cuda(), backend="triton")
+    with pytest.raises(AdvantageInputError, match=r"last_value\[1\] is nan"):
+        compute_gae(
+            r.cuda(),
+            v.cuda(),
+            m.cuda(),
+            gamma=1.0,
+            lam=1.0,
+            last_value=lv.cuda(),
+            backend="triton",
+            check=check,
+        )
+        raise_pending()
+
+
+GOOD_CALLS = {
+    "scalar lambda, terminal": {"lam": 0.95},
+    "bootstrap": {"lam": 0.95, "last_value": "lv"},
+    "decoupled": {"lam": 0.95, "lam_critic": 1.0},
+    "per-row lambdas": {"lam": "lam_rows", "lam_critic": "lam_rows", "last_value": "lv"},
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_deferred_checks_make_no_host_sync(backend):
+    # Issue 14: with the default (deferred) checks, compute_gae on CUDA never waits for the
+    # device. torch's sync debug mode raises on any synchronising call (a read-back, a
+    # blocking copy, a stream or device sync); eager checks trip it, which shows it watches.
+    r, v, m, lv = (x.cuda() for x in batch(16, 700, seed=2, dtype=torch.float32))
+    named = {"lv": lv, "lam_rows": torch.rand(16, device="cuda", dtype=torch.float64)}
+    calls = [
+        {k: named.get(x, x) if isinstance(x, str) else x for k, x in kw.items()} for kw in GOOD_CALLS.values()
+    ]
+    for kw in calls:  # compile and warm the caching allocators first
+        compute_gae(r, v, m, gamma=0.99, backend=backend, **kw)
+    raise_pending()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for kw in calls:
+            compute_gae(r, v, m, gamma=0.99, backend=backend, **kw)
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            compute_gae(r, v, m, gamma=0.99, lam=0.95, backend=backend, check="eager")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    raise_pending()  # all good
+
+
+@pytest.mark.cuda
+def test_deferred_error_comes_at_the_next_host_copy_on_the_gpu():
+    from gae import deferred
+    from gae.device import to_host
+
+    r, v, m, lv = batch(6, 3000, seed=4, dtype=torch.float32)
+    m[:] = True
+    v[4, 2500] = float("nan")
+    eager = None
+    try:
+        compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, backend="numba")
+    except AdvantageInputError as e:
+        eager = str(e)
+    assert eager and eager.startswith("values[4, 2500] is nan")
+    adv, ret = compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=0.99, lam=0.95, last_value=lv.cuda())
+    assert adv.is_cuda and deferred.pending() == 1  # returned without waiting
+    with pytest.raises(AdvantageInputError) as e:
+        to_host({"advantages": adv, "returns": ret}).wait()
+    assert str(e.value).startswith(eager) and deferred.pending() == 0
+    # a later call finds a finished failed check without waiting for it
+    compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=0.99, lam=0.95, last_value=lv.cuda())
+    torch.cuda.synchronize()
+    m[4, 2500] = False  # good input now: the NaN value and the reward there are gone
+    v[4, 2500] = r[4, 2500] = 0.0
+    with pytest.raises(AdvantageInputError, match=r"values\[4, 2500\] is nan"):
+        compute_gae(r.cuda(), v.cuda(), m.cuda(), gamma=0.99, lam=0.95, last_value=lv.cuda())
+    raise_pending()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("scan", ["gather", "affine"])
+def test_gpu_check_records_equal_the_torch_record(scan):
+    from gae.advantage_inputs import record_torch, reduce_records
+    from gae.kernels.triton_gae import gae_triton, launch_config
+
+    g = torch.Generator().manual_seed(5)
+    for trial in range(20):
+        r, v, m, lv = batch(8, 2100, seed=100 + trial, dtype=torch.float32)
+        for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+            b, t = int(torch.randint(0, 8, (1,), generator=g)), int(torch.randint(0, 2100, (1,), generator=g))
+            kind = int(torch.randint(0, 4, (1,), generator=g))
+            if kind == 0:
+                m[b, t], r[b, t] = True, float("nan")
+            elif kind == 1:
+                m[b, t], v[b, t] = True, float("-inf")
+            elif kind == 2:
+                m[b, t], r[b, t] = False, 1e-45
+            else:
+                lv[b] = float("inf")
+        r, v, m, lv = r.cuda(), v.cuda(), m.cuda(), lv.cuda()
+        _, _, rec = gae_triton(r, v, m, lv, 0.99, 0.95, config=launch_config(2100, scan=scan))
+        assert torch.equal(reduce_records(rec), record_torch(r, v, m, lv)), trial
+
+
+@pytest.mark.cuda
+def test_every_benchmarked_launch_config_matches_the_reference():
+    # bench/gpu.py times these launches to pick the default: each must compute GAE
+    from bench.gpu import LAUNCH_GRID
+    from gae.kernels.triton_gae import gae_triton, launch_config
+
+    for T in (1000, 4096):
+        r, v, m, lv = batch(6, T, seed=T)
+        ea, er = gae_reference(r, v, m, gamma=0.99, lam=0.95, last_value=lv)
+        lam_c = torch.full((6,), 1.0, dtype=torch.float64, device="cuda")
+        ec = gae_reference(r, v, m, gamma=0.99, lam=0.95, lam_critic=1.0, last_value=lv)[1]
+        for cfg in LAUNCH_GRID:
+            config = launch_config(T, **cfg)
+            adv, ret, rec = gae_triton(
+                r.float().cuda(), v.float().cuda(), m.cuda(), lv.float().cuda(), 0.99, 0.95, config=config
+            )
+            torch.testing.assert_close(adv.double().cpu(), ea, rtol=1e-3, atol=2e-3, msg=str(config))
+            torch.testing.assert_close(ret.double().cpu(), er, rtol=1e-3, atol=2e-3, msg=str(config))
+            assert bool((rec[:, 0] == 2**63 - 1).all())
+            _, ret2, _ = gae_triton(
+                r.cuda(), v.cuda(), m.cuda(), lv.cuda(), 0.99, 0.95, lam_critic=lam_c, config=config
+            )
+            torch.testing.assert_close(ret2.cpu(), ec, rtol=1e-10, atol=1e-10, msg=str(config))
 
 
 @pytest.mark.cuda
@@ -385,9 +555,10 @@ def test_compute_gae_picks_triton_on_cuda_without_bt_host_copies():
 
     sizes = dtoh_sizes(json.loads(path.read_text())["traceEvents"])
     path.unlink()
-    # Only the (B, 3) first-bad table (and scalars) come back: never a (B, T) tensor.
-    assert sizes, "expected the small error-check copy"
-    assert max(sizes) < 64 * 512, sizes
+    # Only the (B, 2) check records come back (16 bytes a row, into pinned memory, without
+    # waiting): never a (B, T) tensor.
+    assert sizes == [64 * 16], sizes
+    raise_pending()
 
 
 def _tiny_setup(tmp_path, device):

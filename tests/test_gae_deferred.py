@@ -321,7 +321,9 @@ def test_both_scans_match_the_reference(monkeypatch):
     ea, er = gae_reference(r, v, m, gamma=0.97, lam=0.9, lam_critic=lam_c, last_value=lv)
     for scan in ("gather", "affine"):
         monkeypatch.setenv("GAE_TRITON_CONFIG", f"scan={scan},block=32")
-        adv, ret = compute_gae(r, v, m, gamma=0.97, lam=0.9, lam_critic=lam_c, last_value=lv, backend="triton")
+        adv, ret = compute_gae(
+            r, v, m, gamma=0.97, lam=0.9, lam_critic=lam_c, last_value=lv, backend="triton"
+        )
         torch.testing.assert_close(adv, ea, atol=1e-10, rtol=1e-10)
         torch.testing.assert_close(ret, er, atol=1e-10, rtol=1e-10)
 
@@ -338,6 +340,10 @@ def test_launch_config_from_the_environment(monkeypatch):
     monkeypatch.setenv("GAE_TRITON_CONFIG", "warps=2,scan=affine")
     cfg = launch_config(4096, stages=3)
     assert (cfg.warps, cfg.scan, cfg.stages) == (2, "affine", 3)
-    for bad, msg in (("block=100", "power of two"), ("scan=fast", "gather or affine"), ("tile=4", "unknown key")):
+    for bad, msg in (
+        ("block=100", "power of two"),
+        ("scan=fast", "gather or affine"),
+        ("tile=4", "unknown key"),
+    ):
         with pytest.raises(ValueError, match=f"GAE_TRITON_CONFIG: .*{msg}"):
             parse_config(bad)

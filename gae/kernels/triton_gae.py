@@ -261,7 +261,7 @@ def _write_record(
     HAS_LV: tl.constexpr, LAMA_ROWS: tl.constexpr, LAMC_ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """This row's (key, value) record: see the module docstring for the key."""
-    S = 4 * T.to(tl.int64) + 4
+    S = 4 * tl.cast(T, tl.int64) + 4  # (T may be the constexpr 1)
     rk = S  # no value problem in this row
     if bad_row:  # cold: the first bad position of a row known to hold one
         for j in range(0, tl.cdiv(T, BLOCK)):
