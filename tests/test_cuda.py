@@ -86,61 +86,17 @@ def test_triton_long_row_chunk_carries():
 
 
 # Compiles the kernel for an H100 (sm_90) with Triton's bundled NVIDIA toolchain, no GPU
-# needed, with the argument types and alignment attributes Triton's launcher derives from the
-# arguments `gae_triton` passes (`mangle_type`: an int equal to 1 becomes a constexpr; the
-# annotated scalars stay fp64; 16-byte aligned pointers and T % 16 == 0 get `tt.divisibility`,
-# which is what lets the loads vectorise), and reads each cubin's registers and spills.
+# needed, typed as Triton's launcher types `gae_triton`'s arguments (bench/gae_sass.py), and
+# reads each cubin's registers, spills and loads.
 AOT_SCRIPT = """
-import json, os, re, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import mangle_type
-from gae.kernels.triton_gae import _gae_kernel, launch_config
+import json, sys
+from bench.gae_sass import compile_sm90
+from gae.kernels.triton_gae import launch_config
 
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 out = {}
 for dt, T, decoupled in (("fp32", 4096, False), ("fp32", 4096, True), ("fp64", 32768, False), ("fp32", 1, False)):
-    cfg = launch_config(T)
-    cx = dict(HAS_LV=True, LAMA_ROWS=decoupled, LAMC_ROWS=decoupled, DECOUPLED=decoupled, CHECK=True,
-              GATHER=cfg.scan == "gather", EVEN=T % cfg.block == 0, BLOCK=cfg.block, STAGES=cfg.stages)
-    sig, consts, attrs = {}, {}, {}
-    for p in _gae_kernel.params:
-        if p.name in cx:
-            sig[p.name], consts[(p.num,)] = "constexpr", cx[p.name]
-        elif p.name in ("B", "T"):
-            val = {"B": 1024, "T": T}[p.name]
-            sig[p.name] = mangle_type(val, specialize=True)
-            if sig[p.name] == "constexpr":
-                consts[(p.num,)] = val
-            elif val % 16 == 0:
-                attrs[(p.num,)] = [["tt.divisibility", 16]]
-        elif p.name.endswith("_ptr"):
-            sig[p.name] = {"m_ptr": "*u8", "rec_ptr": "*i64", "lama_ptr": "*fp64", "lamc_ptr": "*fp64"}.get(
-                p.name, f"*{dt}"
-            )
-            attrs[(p.num,)] = [["tt.divisibility", 16]]
-        else:
-            sig[p.name] = p.annotation  # gamma, lam_a, lam_c: annotated fp64
-    k = triton.compile(
-        ASTSource(fn=_gae_kernel, signature=sig, constexprs=consts, attrs=attrs),
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": cfg.warps, "num_stages": cfg.stages},
-    )
-    head = next(line for line in k.asm["ttir"].splitlines() if "tt.func" in line)
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(k.asm["cubin"])
-    usage = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True)
-    os.unlink(f.name)
-    found = re.search(r"REG:(\\d+) STACK:(\\d+) SHARED:\\d+ LOCAL:(\\d+)", usage.stdout)
-    out[f"{dt}/{T}" + ("/decoupled" if decoupled else "")] = {
-        "cubin": len(k.asm["cubin"]),
-        "f32_argument": ": f32 " in head,
-        "vector_loads": "ld.global.v4" in k.asm["ptx"],
-        "registers": int(found.group(1)) if found else None,
-        "spilled": int(found.group(2)) + int(found.group(3)) if found else None,
-        "warps": cfg.warps,
-    }
+    key = f"{dt}/{T}" + ("/decoupled" if decoupled else "")
+    out[key] = compile_sm90(dt, T, launch_config(T), decoupled=decoupled)
 json.dump(out, sys.stdout)
 """
 
@@ -180,7 +136,7 @@ def test_default_launch_keeps_a_1024_row_batch_resident_without_spills(aot_h100)
     k = aot_h100["fp32/4096"]
     assert k["registers"] is not None, "cuobjdump printed no resource usage"
     assert k["spilled"] == 0
-    assert k["registers"] * 32 * k["warps"] * 8 <= 65536, k
+    assert k["programs_per_sm"] >= 8 and k["waves"] == 1, k
     assert k["vector_loads"]
     assert aot_h100["fp32/4096/decoupled"]["spilled"] == 0
 
@@ -738,7 +694,10 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     }
     gae = {"B": 1024, "T": 4096, "backend": "triton", "floor_s": 1e-5, "fast_s": 2.5e-5, "loop_s": 1e-2}
     gae.update(fast_vs_floor=2.5, loop_vs_fast=400.0, max_abs_err_vs_float64=1e-6)
-    gae.update(kernel_s=1.2e-5, kernel_vs_floor=1.2)
+    gae.update(kernel_s=1.2e-5, kernel_vs_floor=1.2, kernel_unchecked_s=1.1e-5, back_to_back=20)
+    gae.update(deferred_b2b_s=1.5e-5, deferred_b2b_vs_floor=1.5, eager_s=9e-5, eager_vs_floor=9.0)
+    gae.update(grid=[{"config": "block=512", "seconds": 1.2e-5}, {"config": "block=1024", "seconds": 1.1e-5}])
+    gae.update(best_config="block=1024", best_vs_floor=1.1)
     stage = {"seconds": 0.01, "dtoh_count": 1, "dtoh_bytes": 64, "dtoh_bt_sizes": []}
     stages = {
         "B": 16,
@@ -752,7 +711,10 @@ def test_report_checks_the_targets_and_shows_failed_sections():
     pipe = {"iterations": 2, "device": "cuda", "wall_s": 30.0, "timing_s": {"timing_s/step": 0.05}}
     text = report(env, {"gae": [gae], "stages": stages, "pipeline": pipe}, {"rollout": "RuntimeError: boom"})
     assert pytest.approx(0.49) == CPU_SMOKE_STEP_S
-    assert "| 2.50x | yes |" in text and "| 400x | yes |" in text and "| 1.20x | yes |" in text
+    assert "| 2.50x | yes |" in text and "| 400x | yes |" in text
+    assert "| 1.50x; 9.00x | yes |" in text  # back to back; eager
+    assert "| 1.20x (fastest launch 1.10x: `block=1024`) | yes |" in text
+    assert "| `block=1024` (fastest) | 11.0 us | 1.10x |" in text
     assert "0.050 s = 9.8x | yes |" in text
     assert "rollout: 2, store copy: 1 (store's: 2) | no |" in text
     # the stages in process: 2 x 0.01 s against the CPU's 0.068 s = 3.4x, short of 5x
