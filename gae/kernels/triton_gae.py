@@ -14,19 +14,19 @@ depth (Blelloch 1990, "Prefix sums and their applications"); the state at a chun
 position carries into the chunk before it. One launch reads each byte once, where a loop
 over T launches T kernels.
 
-Two scans of the same recurrence, chosen by the `SCAN` constant:
+Two scans of the same recurrence (the launch's `scan`, constant GATHER):
 
-- "gather" (the default): an integer scan keeps the two nearest action positions >= t, so
-  an action position knows the next one; V_next is read back from the row just loaded (an
-  L1/L2 hit, not a second trip to DRAM), delta is elementwise, and the affine scan carries
-  two fields, (p, c).
+- "gather" (the default): a min-scan of the mask read one position on gives each action
+  position the next one; V_next is read back from the row just loaded (an L1/L2 hit, not a
+  second trip to DRAM), delta is elementwise, and the affine scan carries two fields, (p, c).
 - "affine": the state is the pair (A_t, V_t), V_t the value at the nearest action >= t; a
   position is y -> P y + c with P = [[p, q], [0, s]] (action: p = gamma*lam, q = gamma,
   s = 0, offsets (r - v, v); non-action: identity): one scan of five fields, no gather.
 
 Both give the reference's numbers to float rounding (the tests hold them to 1e-10 in
-float64); which is faster depends on registers and shuffles per element, measured by
-`bench/gpu.py` on the GPU (`GAE_TRITON_CONFIG`, below, picks one for a run).
+float64). Compiled for sm_90, "gather" takes fewer registers (63 against 71 at BLOCK 512;
+`bench/gae_sass.py`); which is faster is for `bench/gpu.py` to measure on the GPU
+(`GAE_TRITON_CONFIG`, below, picks one for a run).
 
 Per-row and decoupled lambda: lambda may be one number or one per row (a float64 (B,)
 tensor), and the returns may use their own lambda (VC-PPO, arXiv 2503.01491). With a critic
@@ -344,14 +344,18 @@ def launch_config(T: int, **override) -> LaunchConfig:
     """The launch for rows of T positions: `override`, then `GAE_TRITON_CONFIG`, then the
     defaults below.
 
-    The defaults are chosen from the compiled kernel, not yet from timings (no GPU has run
-    this kernel; `bench/gpu.py` times a grid of them and prints the best to put here):
-    BLOCK 1024 with 4 warps is 8 positions a thread, which ptxas for sm_90 fits in registers
-    without spilling, small enough that all 1024 rows of a 1024 x 4096 batch are resident on
-    an H100/H200's 132 SMs at once; two stages keep the next chunk's loads in flight while
-    this one scans. Short rows get one chunk of the next power of two (at least 16); the
-    interpreter (CPU tests) uses chunks of at most 64, which exercises the carries between
-    chunks on small inputs.
+    The defaults are chosen from the kernel compiled for sm_90, not yet from timings (no GPU
+    has run this kernel: `bench/gpu.py` times a grid of launches and prints the fastest, to be
+    put here). BLOCK 512 on 4 warps is 4 positions a thread: 63 registers and no spills
+    (`bench/gae_sass.py`), so 8 programs fit an SM and all 1024 rows of a 1024 x 4096 batch are
+    resident on an H100/H200's 132 SMs in one wave, at ~87 instructions a position in the hot
+    loop. BLOCK 1024 costs fewer instructions a position (~73: the per-chunk reductions and
+    barriers amortise over more positions) but 94 registers, 5 programs an SM, two waves; the
+    kernel issue 8 shipped (BLOCK 2048 on 4 warps) took 196 registers, 2 programs an SM, four
+    waves. One stage: with 8 rows an SM in flight, other programs' loads cover a program's
+    scan, and a second stage costs 16 registers (two waves). Short rows get one chunk of the
+    next power of two (at least 16); the interpreter (CPU tests) uses chunks of at most 64,
+    which exercises the carries between chunks on small inputs.
     """
     env = parse_config(os.environ.get("GAE_TRITON_CONFIG", ""))
     cfg = {"block": 512, "warps": 4, "stages": 1, "scan": "gather", **env, **override}
