@@ -290,7 +290,7 @@ def compute_gae(
             deferred on CUDA, eager elsewhere; `GAE_CHECK=eager` makes every call eager. The
             numba and reference backends always check eagerly (it costs them no sync), also
             with "off". Shape, dtype and scalar checks are always eager: they read nothing
-            from the device.
+            from the device. Inside CUDA graph capture only "off" is accepted.
 
     Returns:
         `(advantages, returns)`, both `(B, T)` in the promoted dtype of rewards and values,
@@ -316,6 +316,12 @@ def compute_gae(
         rewards, values, mask, gamma, lam, last_value, zeros_for_none=name != "triton"
     )
     mode = check_mode(check, r.device, name)
+    if mode != "off" and r.is_cuda and torch.cuda.is_current_stream_capturing():
+        # a replayed graph would rewrite one record nobody reads, and eager reads are refused
+        raise AdvantageInputError(
+            "compute_gae inside CUDA graph capture: its input checks read a record after the "
+            "kernel, which a graph cannot; pass check='off' there and check the inputs outside"
+        )
     if mode == "deferred":
         deferred.poll()  # an earlier call's finished check, without waiting
     lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device, sync=mode == "eager")

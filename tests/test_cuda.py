@@ -441,6 +441,23 @@ def test_deferred_error_comes_at_the_next_host_copy_on_the_gpu():
 
 
 @pytest.mark.cuda
+def test_graph_capture_takes_check_off_and_refuses_checks():
+    r, v, m, lv = (x.cuda() for x in batch(8, 600, seed=6, dtype=torch.float32))
+    want = compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, check="eager")
+    compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, check="off")  # compiled outside
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        adv, ret = compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, check="off")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(adv, want[0]) and torch.equal(ret, want[1])
+    with pytest.raises(AdvantageInputError, match="CUDA graph capture.*check='off'"):  # noqa: SIM117
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("scan", ["gather", "affine"])
 def test_gpu_check_records_equal_the_torch_record(scan):
     from gae.advantage_inputs import record_torch, reduce_records
