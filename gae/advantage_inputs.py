@@ -58,6 +58,8 @@ def check_mask(mask: object, shape: torch.Size, device: torch.device) -> torch.T
 
 def _compute_dtype(*dtypes: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
     """(dtype the kernels compute in, dtype of the outputs)."""
+    if dtypes[0] in (torch.float32, torch.float64) and all(d == dtypes[0] for d in dtypes):
+        return dtypes[0], dtypes[0]  # the common case, without torch calls: this runs per call
     out = dtypes[0]
     for d in dtypes[1:]:
         out = torch.promote_types(out, d)
@@ -74,7 +76,8 @@ def _check_last_value(last_value: object, B: int, device: torch.device, dtype: t
             raise AdvantageInputError(f"last_value must have shape ({B},), got {tuple(last_value.shape)}")
         if not torch.is_floating_point(last_value):
             raise AdvantageInputError(f"last_value must have a floating-point dtype, got {last_value.dtype}")
-        lv = last_value.to(device=device, dtype=dtype)
+        same = last_value.dtype == dtype and last_value.device == device
+        lv = last_value if same else last_value.to(device=device, dtype=dtype)
     else:
         raise AdvantageInputError(
             f"last_value must be None, a float or a (B,) tensor, got {type(last_value).__name__}"
@@ -158,7 +161,10 @@ def validated(rewards, values, mask, gamma, lam, last_value, *, zeros_for_none: 
         if last_value is None and not zeros_for_none
         else _check_last_value(last_value, rewards.shape[0], rewards.device, cdt)
     )
-    return rewards.to(cdt), values.to(cdt), m, gamma, lam, lv, odt
+    # `.to` of a tensor already in cdt is a no-op that still costs microseconds a call
+    r = rewards if rewards.dtype == cdt else rewards.to(cdt)
+    v = values if values.dtype == cdt else values.to(cdt)
+    return r, v, m, gamma, lam, lv, odt
 
 
 def value_error(code: int, b: int, t: int, rewards: torch.Tensor, values: torch.Tensor, lv: torch.Tensor):

@@ -242,7 +242,7 @@ def _gae_triton_checked(r, v, m, lv, gamma, lam_a, lam_c, mode):
 def _settle_record(rec: torch.Tensor, mode: str, B: int, T: int) -> None:
     """Raise what the (N, 2) check records name now (eager: one host sync), or leave them
     pending until the host next waits (deferred: none)."""
-    decode = functools.partial(_decode, B=B, T=T)
+    decode = functools.partial(error_from_record, B=B, T=T)
     if mode == "deferred":
         deferred.defer(rec, decode, reduce=reduce_records, label=f"compute_gae on a ({B}, {T}) batch")
         return
@@ -250,10 +250,6 @@ def _settle_record(rec: torch.Tensor, mode: str, B: int, T: int) -> None:
     err = decode(key, bits)
     if err is not None:
         raise err
-
-
-def _decode(key: int, bits: int, *, B: int, T: int):
-    return error_from_record(key, bits, B, T)
 
 
 def compute_gae(
@@ -334,7 +330,7 @@ def compute_gae(
         from gae.kernels.cpu import gae_cpu
 
         adv, ret, (code, b, t) = gae_cpu(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
-        if code and mode != "off":
+        if code:  # numba checks eagerly in every mode (check_mode)
             raise value_error(code, b, t, r, v, lv)
     elif name == "triton":
         adv, ret = _gae_triton_checked(r, v, m, lv, gamma, lam_a, lam_c, mode)

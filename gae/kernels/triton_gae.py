@@ -60,6 +60,7 @@ when the host next waits (`gae.deferred`), or at once with `check="eager"`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import torch
@@ -357,13 +358,24 @@ def launch_config(T: int, **override) -> LaunchConfig:
     next power of two (at least 16); the interpreter (CPU tests) uses chunks of at most 64,
     which exercises the carries between chunks on small inputs.
     """
-    env = parse_config(os.environ.get("GAE_TRITON_CONFIG", ""))
-    cfg = {"block": 512, "warps": 4, "stages": 1, "scan": "gather", **env, **override}
-    cap = 64 if os.environ.get("TRITON_INTERPRET") == "1" else cfg["block"]
+    env = os.environ.get("GAE_TRITON_CONFIG", "")
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if override:
+        return _launch_config(T, env, interpret, **override)
+    return _launch_config_cached(T, env, interpret)
+
+
+def _launch_config(T: int, env: str, interpret: bool, **override) -> LaunchConfig:
+    cfg = {"block": 512, "warps": 4, "stages": 1, "scan": "gather", **parse_config(env), **override}
+    cap = 64 if interpret else cfg["block"]
     block = 16
     while block < T and block < cap:
         block *= 2
     return LaunchConfig(block=block, warps=cfg["warps"], stages=cfg["stages"], scan=cfg["scan"])
+
+
+# every call launches with one: parsing and building it cost more than the launch's Python
+_launch_config_cached = functools.lru_cache(maxsize=256)(_launch_config)
 
 
 def gae_triton(
