@@ -36,8 +36,8 @@ ISSUE_8_KERNEL = {"registers": 196, "programs_per_sm": 2, "waves": 4, "instructi
 def compile_sm90(dt: str, T: int, config, *, decoupled: bool = False, check: bool = True, B: int = 1024):
     """Compile `_gae_kernel` for sm_90 as `gae_triton` launches it on (B, T) `dt` inputs ("fp32",
     "fp64") with `config` (a LaunchConfig); per-row lambdas when decoupled. Returns the compiled
-    kernel's figures (see the module docstring)."""
-    os.environ["TRITON_INTERPRET"] = "0"
+    kernel's figures (see the module docstring). Needs TRITON_INTERPRET unset or 0 when the
+    kernel module was imported."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -133,6 +133,7 @@ def _hot_loop(sass: str) -> list[str]:
 
 
 def main() -> int:
+    os.environ["TRITON_INTERPRET"] = "0"  # compile, before triton.jit wraps the kernel
     try:
         import triton.backends.nvidia  # noqa: F401
     except ImportError:
