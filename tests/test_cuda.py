@@ -441,6 +441,21 @@ def test_deferred_error_comes_at_the_next_host_copy_on_the_gpu():
 
 
 @pytest.mark.cuda
+def test_deferred_records_of_many_rows_are_reduced_on_the_device():
+    # past gae.deferred.COPY_ROWS rows the records are reduced before their copy to the host
+    from gae import deferred
+
+    B = deferred.COPY_ROWS + 904
+    r, v, m, lv = (x.cuda() for x in batch(B, 8, seed=7, dtype=torch.float32))
+    m[4321, 5], v[4321, 5] = True, float("nan")
+    m[4500, 0], r[4500, 0] = True, float("inf")
+    compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv)
+    assert deferred._queue()[-1].host.shape == (1, 2)
+    with pytest.raises(AdvantageInputError, match=r"^values\[4321, 5\] is nan"):
+        raise_pending()
+
+
+@pytest.mark.cuda
 def test_graph_capture_takes_check_off_and_refuses_checks():
     r, v, m, lv = (x.cuda() for x in batch(8, 600, seed=6, dtype=torch.float32))
     want = compute_gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, check="eager")
