@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gae.ingest.config import (
@@ -131,12 +131,14 @@ def ingest(
     *,
     data_dir: DataDir | str | os.PathLike | None = None,
     options: IngestConfig | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and globs (or, with paths=None, the embedded default corpus).
 
     Raises FileNotFoundError/ValueError before writing anything when a path does not
     exist or nothing readable is found; RuntimeError (naming the file) when a file fails
-    halfway, after rolling that file back.
+    halfway, after rolling that file back. `progress`, when given, is called after every
+    chunk with files_done, files_total (None for the embedded corpus) and bytes_read.
     """
     from gae.db import connect
 
@@ -174,6 +176,12 @@ def ingest(
                     if len(per_file) == 1:
                         next(iter(per_file.values())).bytes += nbytes
                     prompts += writer.add(chunk, srcs[0][0], per_file, unit_reasons)
+                    if progress is not None:
+                        progress(
+                            files_done=len(summary.sources),
+                            files_total=len(files) or None,
+                            bytes_read=summary.bytes_read,
+                        )
                 writer.finish()
                 con.execute("commit")
             except BaseException as exc:
