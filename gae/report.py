@@ -37,7 +37,7 @@ table.sum{border-collapse:collapse;margin:8px 0}table.sum td{padding:1px 14px 1p
 article{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;margin:10px 0}
 article h3{font-size:14px;margin:0 0 2px}article h3 .rank{display:inline-block;min-width:64px}
 .prompt{color:#57606a;font-size:13px;white-space:pre-wrap;margin:6px 0;max-height:4.5em;overflow:hidden}
-.tokens{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-word;margin:6px 0 0}
+.tokens{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:break-spaces;overflow-wrap:anywhere;margin:6px 0 0}
 .t{border-radius:2px;padding:1px 0;box-shadow:inset -1px 0 rgba(0,0,0,.12);cursor:pointer}
 .t.obs{font-style:italic;color:#6e7781;background:repeating-linear-gradient(45deg,#eee,#eee 3px,#f8f8f8 3px,#f8f8f8 6px)}
 .t:hover,.t.pin{outline:2px solid #1f2328;outline-offset:0}
