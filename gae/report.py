@@ -300,7 +300,7 @@ def _md_cell(text: str, limit: int = 80) -> str:
     text = tv.visible_text(text, -1)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return html.escape(text.replace("|", "¦").replace("`", "'"))
+    return html.escape(text.replace("|", "¦").replace("`", "'"), quote=False)
 
 
 def markdown(
@@ -311,12 +311,14 @@ def markdown(
     report_file: str,
     mlflow_path: str,
     mlflow_run_id: str,
+    mlflow_url: str | None = None,
     by: str = BY,
     images: dict[str, bytes] | None = None,
 ) -> str:
-    """A markdown summary of the report for the Prefect UI: where the page is, a table of
-    the rollouts it shows with their most negative and most positive tokens, and `images`
-    (name -> PNG bytes) inlined as data URIs (the Prefect UI allows `data:` images)."""
+    """A markdown summary of the report for the Prefect UI: where the page is (`mlflow_url`:
+    its page in an MLflow UI, when there is one), a table of the rollouts it shows with their
+    most negative and most positive tokens, and `images` (name -> PNG bytes) inlined as data
+    URIs (the Prefect UI allows `data:` images)."""
     import base64
 
     lines = [
@@ -324,7 +326,8 @@ def markdown(
         "",
         f"Token report (one HTML file, opens offline; hover a token for its numbers): `{report_file}`",
         "",
-        f"- in MLflow: artifact `{mlflow_path}` of run `{mlflow_run_id}` (run page → Artifacts)",
+        f"- in MLflow: artifact `{mlflow_path}` of run `{mlflow_run_id}` (run page → Artifacts)"
+        + (f": [open it]({mlflow_url})" if mlflow_url else ""),
         f"- again, or for any stored run: `gae report --run {run_id} -i {iteration}`;"
         f" in a terminal: `gae show --run {run_id} -i {iteration}`",
         "",
