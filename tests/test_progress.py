@@ -66,17 +66,18 @@ def test_gae_ingest_reports_files_and_bytes(tmp_path):
     corpus.mkdir()
     for i in range(3):
         (corpus / f"d{i}.txt").write_text(f"Document {i}. " * 50)
-    p = subprocess.run(
-        [sys.executable, "-m", "gae.cli", "ingest", str(corpus), "--data-dir", str(tmp_path / "d"), "--json"],
-        capture_output=True,
-        text=True,
-    )
+    args = [sys.executable, "-m", "gae.cli", "ingest", str(corpus), "--data-dir", str(tmp_path / "d")]
+    p = subprocess.run(args, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("ingest: 3/3 files (100%), 0.0 MB read")
     assert p.stderr.strip().endswith("(done)")
+    assert "ingest:" not in p.stdout  # the summary on stdout, progress on stderr
+    # --json is for scripts: the summary only, no progress lines
+    p = subprocess.run([*args, "--json"], capture_output=True, text=True)
+    assert p.returncode == 0 and "ingest:" not in p.stderr
     import json
 
-    assert json.loads(p.stdout)["files"] == 3  # stdout keeps the result only
+    assert json.loads(p.stdout)["duplicates"] >= 3  # the same files again: nothing new
 
 
 def test_pretraining_calls_progress_every_step():

@@ -65,7 +65,12 @@ def register(app: typer.Typer) -> None:
         dd.root.mkdir(parents=True, exist_ok=True)
         # One writer per data directory: a running flow holds this lock, and DuckDB's own lock would
         # otherwise fail later with a less helpful message.
-        with writer_lock(dd.lock, what="gae ingest"), Progress("ingest", unit="files", emit=_stderr) as bar:
+        # --json is for scripts: no bar and no progress lines
+        emit = (lambda line: None) if as_json else _stderr
+        with (
+            writer_lock(dd.lock, what="gae ingest"),
+            Progress("ingest", unit="files", emit=emit, tty=False if as_json else None) as bar,
+        ):
             summary = ingest(paths or None, data_dir=dd, options=cfg, progress=ingest_progress(bar))
             bar.update(completed=summary.files, total=summary.files)  # the last file's chunks are in
         typer.echo(summary.model_dump_json(indent=2) if as_json else summary.render())

@@ -168,12 +168,17 @@ def register(app: typer.Typer) -> None:
         dd = DataDir.resolve(cfg.data_dir)
         cfg = cfg.model_copy(update={"data_dir": str(dd.root)})
         server = None
-        if not os.environ.get("PREFECT_API_URL"):
-            server = LocalServer(port, dd.root / "prefect-server.log")
-            os.environ["PREFECT_API_URL"] = server.start()
-            os.environ.setdefault("PREFECT_UI_URL", ui_url(port))
+        # Until the runner takes the signals over, SIGTERM stops startup like Ctrl-C does,
+        # through the `finally` below: the server already started must not outlive us.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
+            if not os.environ.get("PREFECT_API_URL"):
+                server = LocalServer(port, dd.root / "prefect-server.log")
+                os.environ["PREFECT_API_URL"] = server.start()
+                os.environ.setdefault("PREFECT_UI_URL", ui_url(port))
             _serve(cfg, cron)
+        except KeyboardInterrupt:
+            typer.echo("interrupted while starting", err=True)
         finally:
             if server is not None:
                 server.stop()
@@ -185,6 +190,10 @@ def register(app: typer.Typer) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve(cfg, cron: str) -> None:
