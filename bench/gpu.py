@@ -27,6 +27,12 @@ timing, warm-up calls first, medians):
    sizes; a copy of at least B*T bytes is a (B, T) tensor or larger.
 5. pipeline: `flows.pipeline.rl_pipeline` with the smoke preset, `device=cuda`, on a generated
    corpus (as bench/pipeline.py); the last iteration's `timing_s/*` read back from MLflow.
+6. model (issue 14, bench/gpu_model.py): a Qwen2.5-0.5B-shaped model built locally: decode
+   tokens/s at batch 64 and 256 for gae's dynamic loop, its static loop (eager and replayed as
+   a CUDA graph), HF `generate` and HF `generate` with a static cache compiled; the PPO update's
+   tokens/s, TFLOP/s (6N) and peak memory with one-pass and chunked log-probs.
+
+    python bench/gpu.py --sections model --out bench/RESULTS-gpu.md   # section 6 alone
 
 Without CUDA (and without --cpu-dry-run) it exits 2 with one line.
 """
@@ -246,7 +252,10 @@ def bench_rollout(device, configs, repeat: int) -> list[dict]:
         mcfg = ModelConfig.preset(preset)
         model = build_model(mcfg, vocab).to(device).eval()
         rows = prompts(batch, 16, vocab, 0)
-        fns = {"gae (KV cache)": lambda m=model, r=rows, n=new_tokens: run_cached(m, r, n, device)}
+        fns = {
+            "gae (KV cache)": lambda m=model, r=rows, n=new_tokens: run_cached(m, r, n, device),
+            "gae static": lambda m=model, r=rows, n=new_tokens: run_cached(m, r, n, device, "static"),
+        }
         try:
             import transformers
         except ImportError:
@@ -273,6 +282,7 @@ def bench_rollout(device, configs, repeat: int) -> list[dict]:
             row[k] = batch * new_tokens / statistics.median(ts)
         if "HF generate" in row:
             row["gae_vs_hf"] = row["gae (KV cache)"] / row["HF generate"]
+            row["static_vs_hf"] = row["gae static"] / row["HF generate"]
         out.append(row)
     return out
 
@@ -499,16 +509,20 @@ def md_rollout(rows: list[dict]) -> list[str]:
     lines = [
         "Random-init models, prompts of 8-16 random tokens, every row samples exactly `new tokens` "
         "at temperature 1 (no EOS stop); HF = `GPT2LMHeadModel.generate` on a locally built "
-        "GPT-2 config of the same sizes.",
+        "GPT-2 config of the same sizes. gae (KV cache) is the dynamic loop, gae static the "
+        "static one (a CUDA graph on CUDA, eager on the CPU dry run).",
         "",
-        "| model | batch | new tokens | gae (KV cache) tokens/s | HF generate tokens/s | gae / HF |",
-        "|---|---|---|---|---|---|",
+        "| model | batch | new tokens | gae (KV cache) tokens/s | gae static tokens/s | HF generate tokens/s "
+        "| gae / HF | static / HF |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         hf = f"{r['HF generate']:.0f}" if "HF generate" in r else "n/a"
         ratio = f"{r['gae_vs_hf']:.2f}x" if "gae_vs_hf" in r else "n/a"
+        sratio = f"{r['static_vs_hf']:.2f}x" if "static_vs_hf" in r else "n/a"
         lines.append(
-            f"| {r['preset']} | {r['batch']} | {r['new_tokens']} | {r['gae (KV cache)']:.0f} | {hf} | {ratio} |"
+            f"| {r['preset']} | {r['batch']} | {r['new_tokens']} | {r['gae (KV cache)']:.0f} | "
+            f"{r['gae static']:.0f} | {hf} | {ratio} | {sratio} |"
         )
     return lines
 
@@ -613,6 +627,7 @@ SECTIONS = {
     "rollout": "Rollout generation",
     "stages": "One iteration in process, by stage: time and device-to-host copies",
     "pipeline": "Pipeline: smoke preset, one PPO iteration by stage",
+    "model": "Real model: 0.5B Qwen2 shape (issue 14)",
 }
 
 
@@ -627,13 +642,22 @@ def report(env: dict, results: dict, errors: dict) -> str:
     if env["dry_run"]:
         lines += ["", "**CPU dry run**: tiny sizes, code paths only; these are not GPU figures."]
     else:
-        lines += ["", "## Targets (issue 8)", "", *md_targets(results)]
+        if any(k in results for k in ("gae", "pipeline", "stages")):
+            lines += ["", "## Targets (issue 8)", "", *md_targets(results)]
+        if "model" in results:
+            from bench.gpu_model import md_targets as md_model_targets
+
+            lines += ["", "## Targets (issue 14)", "", "| target | measured | met |", "|---|---|---|"]
+            lines += md_model_targets(results["model"])
+    from bench.gpu_model import md_real_model
+
     render = {
         "copy": md_copy,
         "gae": md_gae,
         "rollout": md_rollout,
         "stages": md_stages,
         "pipeline": lambda p: md_pipeline(p, env["dry_run"]),
+        "model": md_real_model,
     }
     for key, title in SECTIONS.items():
         if key not in results and key not in errors:
@@ -651,7 +675,28 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--skip-pipeline", action="store_true", help="leave out section 5 (the Prefect flow)")
     ap.add_argument("--iterations", type=int, default=2, help="pipeline iterations; the last one is reported")
+    ap.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
+    ap.add_argument(
+        "--model-budget-s",
+        type=float,
+        default=360.0,
+        help="section 'model': start no method after this many seconds (what is left is reported as skipped)",
+    )
     args = ap.parse_args(argv)
+    wanted = {s.strip() for s in args.sections.split(",") if s.strip()}
+    unknown = wanted - set(SECTIONS)
+    if unknown:
+        print(
+            f"bench/gpu.py: unknown section(s) {sorted(unknown)}; choose from {','.join(SECTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.skip_pipeline:
+        wanted.discard("pipeline")
     if args.cpu_dry_run:
         if not args.out:
             print(
@@ -717,6 +762,12 @@ def main(argv=None) -> int:
     results: dict = {}
     errors: dict = {}
 
+    def write(res: dict = results) -> None:
+        # after every section (and every part of section 6): a run stopped from outside, at a
+        # device call's time limit say, keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report(env, res, errors))
+
     def section(key, fn):
         # A failing section is reported and the others still run: one GPU session should
         # come back with every figure it could measure.
@@ -728,9 +779,12 @@ def main(argv=None) -> int:
             import traceback
 
             traceback.print_exc()
+        write()
         return results.get(key)
 
-    copy = section("copy", lambda: copy_bandwidth(device, timer, sizes["copy_mb"], sizes["repeat"]))
+    copy = None
+    if wanted & {"copy", "gae"}:  # the GAE floor needs the copy bandwidth
+        copy = section("copy", lambda: copy_bandwidth(device, timer, sizes["copy_mb"], sizes["repeat"]))
     if copy:
         print(
             f"copy bandwidth: {copy['gb_per_s']:.1f} GB/s ({copy['bytes'] / 1e6:.0f} MB in {_fmt_s(copy['seconds'])})"
@@ -739,7 +793,7 @@ def main(argv=None) -> int:
     # On CUDA "auto" must pick Triton (the table names the backend used); the dry run names it,
     # since "auto" picks numba on CPU, and runs it through the interpreter.
     backend = "triton" if args.cpu_dry_run else "auto"
-    if copy:
+    if copy and "gae" in wanted:
         rows = section(
             "gae",
             lambda: bench_gae(device, timer, sizes["gae"], copy["gb_per_s"] * 1e9, sizes["repeat"], backend),
@@ -755,21 +809,44 @@ def main(argv=None) -> int:
                 f"{_fmt_x(g['kernel_vs_floor']):>9s} {_fmt_x(g['fast_vs_floor']):>9s} {_fmt_x(g['loop_vs_fast']):>10s}"
             )
 
-    rows = section("rollout", lambda: bench_rollout(device, sizes["rollout"], max(1, sizes["repeat"] // 3)))
-    print(f"\n{'model':>6s} {'batch':>5s} {'new':>4s} {'gae tok/s':>10s} {'HF tok/s':>10s} {'gae/HF':>7s}")
+    rows = None
+    if "rollout" in wanted:
+        rows = section(
+            "rollout", lambda: bench_rollout(device, sizes["rollout"], max(1, sizes["repeat"] // 3))
+        )
+        print(
+            f"\n{'model':>6s} {'batch':>5s} {'new':>4s} {'gae tok/s':>10s} {'static':>10s} {'HF tok/s':>10s} "
+            f"{'gae/HF':>7s}"
+        )
     for r in rows or []:
         print(
             f"{r['preset']:>6s} {r['batch']:5d} {r['new_tokens']:4d} {r['gae (KV cache)']:10.0f} "
-            f"{r.get('HF generate', float('nan')):10.0f} {r.get('gae_vs_hf', float('nan')):6.2f}x"
+            f"{r['gae static']:10.0f} {r.get('HF generate', float('nan')):10.0f} "
+            f"{r.get('gae_vs_hf', float('nan')):6.2f}x"
         )
 
-    st = section("stages", lambda: bench_stages(device, sizes["stage_prompts"], work, backend))
+    st = None
+    if "stages" in wanted:
+        st = section("stages", lambda: bench_stages(device, sizes["stage_prompts"], work, backend))
     if st:
         print(f"\nstages (B={st['B']}, T={st['T']}): seconds, DtoH copies, copies >= B*T bytes")
         for r in st["rows"]:
             print(f"  {r['stage']:8s} {_fmt_s(r['seconds']):>10s} {r['dtoh_count']:5d} {r['dtoh_bt']:5d}")
 
-    if not args.skip_pipeline:
+    if "model" in wanted:
+        from bench.gpu_model import bench_real_model
+
+        section(
+            "model",
+            lambda: bench_real_model(
+                device,
+                args.cpu_dry_run,
+                args.model_budget_s,
+                progress=lambda res: write({**results, "model": res}),
+            ),
+        )
+
+    if "pipeline" in wanted:
         pipe = section("pipeline", lambda: bench_pipeline(device, work, args.iterations))
         if pipe:
             print(
@@ -778,9 +855,7 @@ def main(argv=None) -> int:
             for k, v in pipe["timing_s"].items():
                 print(f"  {k:32s} {v:8.3f} s")
 
-    text = report(env, results, errors)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write()
     print(f"\nwrote {out}" + (f"; failed sections: {', '.join(errors)}" if errors else ""))
     return 1 if errors else 0
 

@@ -8,7 +8,10 @@ machine is shared and noisy: compare the ratios, not the absolute times).
 Every method samples exactly `--new-tokens` tokens per row (no EOS stop) at temperature 1
 from a randomly initialised model; prompts are `--prompt-len` random tokens, left-padded to
 lengths between half and all of it. "cached" is `gae.rollout.sample_batch` (what
-`generate_rollouts` runs); "no cache" runs the same model's full forward over the whole
+`generate_rollouts` runs) with the dynamic cache (the loop of issue 4); "static" is the same
+call with `decode="static"` (gae.decode: fixed shapes, replayed as a CUDA graph on CUDA, run
+eagerly on CPU, where it measures the cost of attending over the whole preallocated cache
+and of keeping finished rows); "no cache" runs the same model's full forward over the whole
 sequence at every step; "HF generate" is `GPT2LMHeadModel.generate` (do_sample, top_k=0,
 min_new_tokens = max_new_tokens) on a GPT-2 config of the same sizes built locally (never
 downloaded). "rollout" adds the two `score_responses` passes (policy values, reference
@@ -42,10 +45,10 @@ def prompts(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int
     return [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in lens]
 
 
-def run_cached(model, rows, new_tokens, device):
+def run_cached(model, rows, new_tokens, device, decode="dynamic"):
     return sample_batch(
         model, rows, list(range(len(rows))), max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-        eos_id=-1, pad_id=0, device=device,
+        eos_id=-1, pad_id=0, device=device, decode=decode,
     )  # fmt: skip
 
 
@@ -95,6 +98,7 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the fast rows (median)")
     ap.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the (slow) no-cache row")
     ap.add_argument("--device", default="auto")
     ap.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default); see RESULTS.md"
@@ -111,6 +115,7 @@ def main() -> int:
     n_tokens = args.batch * args.new_tokens
     fns = {
         "cached (gae)": lambda: run_cached(model, rows, args.new_tokens, device),
+        "static (gae decode=static)": lambda: run_cached(model, rows, args.new_tokens, device, "static"),
         "rollout (gae: cached + 2 scoring passes)": lambda: run_rollout(model, rows, args.new_tokens, device),
     }
     if not args.no_hf:
@@ -132,9 +137,10 @@ def main() -> int:
         for k, fn in fns.items():
             times[k].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
-    med["no cache (full recompute each step)"] = timed(
-        lambda: run_no_cache(model, rows, args.new_tokens, device)
-    )
+    if not args.no_baseline:
+        med["no cache (full recompute each step)"] = timed(
+            lambda: run_no_cache(model, rows, args.new_tokens, device)
+        )
 
     print(
         f"machine: {platform.machine()} {platform.processor() or ''} threads={torch.get_num_threads()} "
@@ -148,8 +154,10 @@ def main() -> int:
     base = med["cached (gae)"]
     for k, s in med.items():
         print(f"{k:44s} {s:9.3f} {n_tokens / s:10.0f} {s / base:15.2f}x")
-    vs_nc = med["no cache (full recompute each step)"] / base
-    print(f"\ncached vs no cache: {vs_nc:.1f}x (target >= {TARGET_VS_NO_CACHE}x)")
+    print(f"static vs cached (dynamic): {base / med['static (gae decode=static)']:.2f}x")
+    if "no cache (full recompute each step)" in med:
+        vs_nc = med["no cache (full recompute each step)"] / base
+        print(f"\ncached vs no cache: {vs_nc:.1f}x (target >= {TARGET_VS_NO_CACHE}x)")
     if "HF generate (GPT2LMHeadModel)" in med:
         vs_hf = med["HF generate (GPT2LMHeadModel)"] / base
         print(f"cached vs HF generate: {vs_hf:.2f}x (target >= {TARGET_VS_HF}x)")

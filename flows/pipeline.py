@@ -27,6 +27,7 @@ from tasks.rewards import score_rollouts
 from tasks.rollout import rollout_task
 from tasks.store import fill_train_logprobs, store_iteration
 from tasks.train import train_iteration
+from tasks.value_pretrain import value_pretrain_task
 
 
 class _Clock:
@@ -202,6 +203,8 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                     cfg["registry"]["experiment"],
                     label="baseline",
                 )
+                # VC-PPO: the critic first fits the frozen policy's returns (ppo.value_pretrain_iterations)
+                policy_dir = value_pretrain_task(data_dir, run, base, policy_dir, cfg)["model_dir"]
             # quote(): plain values, not tracked inputs. The policy directory and KL coefficient
             # are a subflow's results, and Prefect would record them (and any object whose id
             # it recycles) as flow-run inputs, which the UI's Task Runs tab cannot read (issue 17).
@@ -214,7 +217,10 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
                 registered = register_policy(*map(quote, (data_dir, run, policy_dir, base["tokenizer"], cfg)))
             finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "finished")))
         except BaseException:
-            finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "failed")))
+            try:
+                finish_run(*map(quote, (data_dir, run, cfg["registry"]["experiment"], "failed")))
+            except Exception as cleanup:  # e.g. the same full disk: the run's own error is the one to report
+                logger.warning("could not mark run %s failed: %s", run["run_id"], cleanup)
             raise
     return {
         "run_id": run["run_id"],

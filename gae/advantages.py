@@ -16,6 +16,26 @@ Advantage Estimation"), over the action positions t_1 < ... < t_n of a row:
     A_k     = delta_k + gamma * lam * A_{k+1}              A_{n+1} = 0
     R_k     = A_k + V_{t_k}
 
+Per-row and decoupled lambda. `lam` may be a `(B,)` tensor, one lambda per row, and the
+critic's targets may use their own `lam_critic` (VC-PPO, Yuan et al. 2025, arXiv 2503.01491,
+"What's Behind PPO's Collapse in Long-CoT? Value Optimization Holds the Secret"):
+
+    A^a_k = delta_k + gamma * lam_a[b] * A^a_{k+1}         advantages, for the policy
+    A^c_k = delta_k + gamma * lam_c[b] * A^c_{k+1}         R_k = A^c_k + V_{t_k}, the critic's targets
+
+VC-PPO takes lam_c = 1 (returns are the unbiased Monte-Carlo return-to-go, bootstrapped
+only from `last_value`, so a poorly initialised critic cannot bias its own targets) and
+lam_a = 0.95. VAPO (Yue et al. 2025, arXiv 2504.05118) makes the actor's lambda depend on
+the response length l (action tokens of the row), so that long responses keep a
+low-variance-but-unbiased-enough estimate over their whole length:
+
+    lam_a[b] = clip(1 - 1 / (alpha * l_b), 0, 1)           alpha = 0.05 in the paper
+
+(`length_adaptive_lam`). Both accumulators run in one pass over the bytes; with
+lam_c == lam_a the outputs are bit-identical to the single-lambda kernel. verl has neither
+today (decoupled GAE is its feature request #479, VAPO #5987): its `compute_gae_advantage_return`
+takes one scalar lambda for both.
+
 Backends, chosen by device: a numba kernel on CPU, a Triton kernel on CUDA, a loop
 over T vectorised over B elsewhere, and `gae_reference`, a plain loop that mirrors the
 equations above and is what every other backend is tested against.
@@ -30,178 +50,135 @@ from typing import Literal
 
 import torch
 
+from gae.advantage_inputs import (
+    AdvantageInputError,
+    check_float_2d,
+    check_mask,
+    first_bad_torch,
+    lambdas,
+    row_lams,
+    validated,
+    value_error,
+)
+from gae.group_baselines import (
+    dr_grpo_advantages,
+    grpo_advantages,
+    rloo_advantages,
+    zero_variance_groups,
+)
 from gae.masked import masked_sum, masked_whiten
+
+__all__ = [
+    "AdvantageInputError",
+    "Estimator",
+    "compute_gae",
+    "compute_weighted_advantages",
+    "dr_grpo_advantages",
+    "estimate",
+    "gae_reference",
+    "get_estimator",
+    "grpo_advantages",
+    "length_adaptive_lam",
+    "parse_estimator",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+    "tail_weights",
+    "zero_variance_groups",
+]
 
 Backend = Literal["auto", "reference", "torch", "numba", "triton"]
 _BACKENDS = ("auto", "reference", "torch", "numba", "triton")
 
 
-class AdvantageInputError(ValueError, TypeError):
-    """Bad input to an estimator. A ValueError (and a TypeError, for wrong dtypes)."""
+def length_adaptive_lam(mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """VAPO's length-adaptive lambda (Yue et al. 2025, arXiv 2504.05118, section 3.2):
 
+        lam[b] = clip(1 - 1 / (alpha * l_b), 0, 1),   l_b = action tokens of row b
 
-# --------------------------------------------------------------------------- validation
-
-
-def _check_unit(name: str, x: float) -> float:
+    (B,) float64. Rows shorter than 1/alpha tokens get 0 (the TD error), an empty row 0;
+    as l grows lam -> 1. The paper's alpha is 0.05 (lam = 0.95 at l = 400, 0.995 at 4000).
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 2:
+        raise AdvantageInputError(
+            f"mask must be a 2-D (B, T) tensor, got {getattr(mask, 'shape', type(mask))}"
+        )
     try:
-        x = float(x)
+        alpha = float(alpha)
     except (TypeError, ValueError):
-        raise AdvantageInputError(f"{name} must be a number in [0, 1], got {x!r}") from None
-    if not (0.0 <= x <= 1.0):  # also refuses NaN
-        raise AdvantageInputError(f"{name} must be in [0, 1], got {x}")
-    return x
-
-
-def _check_float_2d(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise AdvantageInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise AdvantageInputError(f"{name} must be 2-D (B, T), got shape {tuple(x.shape)}")
-    if not torch.is_floating_point(x):
-        raise AdvantageInputError(f"{name} must have a floating-point dtype, got {x.dtype}")
-    return x
-
-
-def _check_mask(mask: object, shape: torch.Size, device: torch.device) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor):
-        raise AdvantageInputError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-    if mask.shape != shape:
-        raise AdvantageInputError(f"mask has shape {tuple(mask.shape)} but rewards has shape {tuple(shape)}")
-    if mask.device != device:
-        raise AdvantageInputError(f"mask is on {mask.device} but rewards is on {device}")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.is_complex():
-        raise AdvantageInputError(f"mask must be bool, integer or float, got {mask.dtype}")
-    return mask != 0
-
-
-def _compute_dtype(*dtypes: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
-    """(dtype the kernels compute in, dtype of the outputs)."""
-    out = dtypes[0]
-    for d in dtypes[1:]:
-        out = torch.promote_types(out, d)
-    return (out if out in (torch.float32, torch.float64) else torch.float32), out
-
-
-def _check_last_value(last_value: object, B: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    if last_value is None:
-        return torch.zeros(B, dtype=dtype, device=device)
-    if isinstance(last_value, int | float):
-        lv = torch.full((B,), float(last_value), dtype=dtype, device=device)
-    elif isinstance(last_value, torch.Tensor):
-        if last_value.shape != (B,):
-            raise AdvantageInputError(f"last_value must have shape ({B},), got {tuple(last_value.shape)}")
-        if not torch.is_floating_point(last_value):
-            raise AdvantageInputError(f"last_value must have a floating-point dtype, got {last_value.dtype}")
-        lv = last_value.to(device=device, dtype=dtype)
-    else:
-        raise AdvantageInputError(
-            f"last_value must be None, a float or a (B,) tensor, got {type(last_value).__name__}"
-        )
-    return lv
-
-
-def _validated(rewards, values, mask, gamma, lam, last_value):
-    """Shape, dtype and range checks: O(1) work, done in Python before any kernel runs."""
-    rewards = _check_float_2d("rewards", rewards)
-    values = _check_float_2d("values", values)
-    if values.shape != rewards.shape:
-        raise AdvantageInputError(
-            f"values has shape {tuple(values.shape)} but rewards has shape {tuple(rewards.shape)}"
-        )
-    if values.device != rewards.device:
-        raise AdvantageInputError(f"values is on {values.device} but rewards is on {rewards.device}")
-    m = _check_mask(mask, rewards.shape, rewards.device)
-    gamma = _check_unit("gamma", gamma)
-    lam = _check_unit("lam", lam)
-    cdt, odt = _compute_dtype(rewards.dtype, values.dtype)
-    lv = _check_last_value(last_value, rewards.shape[0], rewards.device, cdt)
-    return rewards.to(cdt), values.to(cdt), m, gamma, lam, lv, odt
-
-
-def _value_error(code: int, b: int, t: int, rewards: torch.Tensor, values: torch.Tensor, lv: torch.Tensor):
-    if code == 1:
-        return AdvantageInputError(
-            f"rewards[{b}, {t}] is {rewards[b, t].item()} at an action position (must be finite)"
-        )
-    if code == 2:
-        return AdvantageInputError(
-            f"values[{b}, {t}] is {values[b, t].item()} at an action position (must be finite)"
-        )
-    if code == 3:
-        return AdvantageInputError(
-            f"rewards[{b}, {t}] = {rewards[b, t].item()} at a non-action position (mask is False there); "
-            "rewards must sit on action tokens, or the final reward of an episode ending on an "
-            "observation token would be lost"
-        )
-    if code == 4:
-        return AdvantageInputError(f"last_value[{b}] is {lv[b].item()} (must be finite)")
-    raise AssertionError(f"unknown kernel error code {code}")
-
-
-def _first_bad_torch(rewards: torch.Tensor, values: torch.Tensor, m: torch.Tensor, lv: torch.Tensor):
-    """The value checks as torch passes (used by the torch and reference backends)."""
-    bad_lv = ~torch.isfinite(lv)
-    if bool(bad_lv.any()):
-        return 4, int(bad_lv.nonzero()[0, 0]), -1
-    codes = torch.zeros(rewards.shape, dtype=torch.int8, device=rewards.device)
-    codes[~m & (rewards != 0)] = 3
-    codes[m & ~torch.isfinite(values)] = 2
-    codes[m & ~torch.isfinite(rewards)] = 1
-    bad = (codes != 0).nonzero()
-    if bad.numel() == 0:
-        return 0, -1, -1
-    b, t = int(bad[0, 0]), int(bad[0, 1])
-    return int(codes[b, t]), b, t
+        raise AdvantageInputError(f"length_alpha must be a number > 0, got {alpha!r}") from None
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise AdvantageInputError(f"length_alpha must be a finite number > 0, got {alpha}")
+    m = mask if mask.dtype == torch.bool else mask != 0
+    n = m.sum(-1).to(torch.float64)  # (B,)
+    lam = 1.0 - 1.0 / (alpha * n)  # -inf at n = 0
+    return lam.clamp(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- backends
 
 
-def gae_reference(rewards, values, mask, *, gamma, lam, last_value=None):
+def gae_reference(rewards, values, mask, *, gamma, lam, last_value=None, lam_critic=None):
     """GAE exactly as written in the spec: a Python loop per row over its action positions.
 
     Slow (Python per token) and obviously correct; every fast backend is tested against it.
-    Inputs are validated; returns `(advantages, returns)` shaped `(B, T)`.
+    `lam` and `lam_critic` as in `compute_gae` (a float or a (B,) tensor; lam_critic None:
+    the returns use `lam`). Inputs are validated; returns `(advantages, returns)` shaped `(B, T)`.
     """
-    r, v, m, gamma, lam, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
-    code, b, t = _first_bad_torch(r, v, m, lv)
+    r, v, m, gamma, _, lv, odt = validated(rewards, values, mask, gamma, lam, last_value)
+    lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device)
+    code, b, t = first_bad_torch(r, v, m, lv)
     if code:
-        raise _value_error(code, b, t, r, v, lv)
+        raise value_error(code, b, t, r, v, lv)
     B, T = r.shape
+    la = row_lams(lam_a, B, torch.device("cpu")).tolist()
+    lc = la if lam_c is None else row_lams(lam_c, B, torch.device("cpu")).tolist()
     adv = torch.zeros((B, T), dtype=torch.float64)
     ret = torch.zeros((B, T), dtype=torch.float64)
     r64, v64, lv64, mc = r.double().cpu(), v.double().cpu(), lv.double().cpu(), m.cpu()
     for row in range(B):
         steps = mc[row].nonzero().flatten().tolist()  # t_1 < ... < t_n
         next_value = lv64[row].item()  # V_{t_{n+1}}
-        next_adv = 0.0  # A_{n+1}
+        next_adv = next_adv_c = 0.0  # A_{n+1} = 0 for both lambdas
         for tk in reversed(steps):
             delta = r64[row, tk].item() + gamma * next_value - v64[row, tk].item()
-            a = delta + gamma * lam * next_adv
+            a = delta + gamma * la[row] * next_adv
+            a_c = delta + gamma * lc[row] * next_adv_c
             adv[row, tk] = a
-            ret[row, tk] = a + v64[row, tk].item()
-            next_value, next_adv = v64[row, tk].item(), a
+            ret[row, tk] = a_c + v64[row, tk].item()
+            next_value, next_adv, next_adv_c = v64[row, tk].item(), a, a_c
     return adv.to(device=r.device, dtype=odt), ret.to(device=r.device, dtype=odt)
 
 
-def _gae_torch_loop(r, v, m, lv, gamma, lam):
+def _gae_torch_loop(r, v, m, lv, gamma, lam, lam_critic=None):
     """A loop over T, vectorised over B: one step of the recursion per position (verl's
-    shape, with the multi-turn fix: carries pass through non-action positions)."""
+    shape, with the multi-turn fix: carries pass through non-action positions).
+
+    lam: a float or a float64 (B,) tensor; lam_critic likewise, or None (returns from `lam`).
+    A second accumulator runs only when lam_critic is given."""
     B, T = r.shape
     adv = torch.empty_like(r)
     ret = torch.empty_like(r)
     zero = torch.zeros((), dtype=r.dtype, device=r.device)
+    # gamma * lam in float64, rounded once to the compute dtype, as a Python float is
+    gl = (gamma * lam).to(r.dtype) if isinstance(lam, torch.Tensor) else gamma * lam
+    gl_c = None
+    if lam_critic is not None:
+        gl_c = (gamma * row_lams(lam_critic, B, r.device)).to(r.dtype)
     next_v = lv.clone()
     next_a = torch.zeros(B, dtype=r.dtype, device=r.device)
+    next_c = next_a.clone()
     for t in range(T - 1, -1, -1):
         mt = m[:, t]
         vt = torch.where(mt, v[:, t], zero)  # garbage never enters the arithmetic
-        a = torch.where(mt, r[:, t] + gamma * next_v - vt + gamma * lam * next_a, next_a)
+        delta = r[:, t] + gamma * next_v - vt
+        a = torch.where(mt, delta + gl * next_a, next_a)
         adv[:, t] = torch.where(mt, a, zero)
-        ret[:, t] = torch.where(mt, a + vt, zero)
+        if gl_c is None:
+            ret[:, t] = torch.where(mt, a + vt, zero)
+        else:
+            c = torch.where(mt, delta + gl_c * next_c, next_c)
+            ret[:, t] = torch.where(mt, c + vt, zero)
+            next_c = c
         next_a = a
         next_v = torch.where(mt, vt, next_v)
     return adv, ret
@@ -227,8 +204,9 @@ def compute_gae(
     mask: torch.Tensor,
     *,
     gamma: float,
-    lam: float,
+    lam: float | torch.Tensor,
     last_value: torch.Tensor | float | None = None,
+    lam_critic: float | torch.Tensor | None = None,
     backend: Backend = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized Advantage Estimation over the action tokens of each row.
@@ -237,23 +215,33 @@ def compute_gae(
         rewards: `(B, T)` float; per-token rewards, non-zero only where `mask` is True.
         values: `(B, T)` float; `V(s_t)`, the state before token `t` is emitted.
         mask: `(B, T)` bool (or 0/1 numbers); True on action tokens, need not be contiguous.
-        gamma, lam: discount and GAE lambda, each in [0, 1].
+        gamma: discount in [0, 1].
+        lam: GAE lambda of the advantages, in [0, 1]: a float, or a `(B,)` tensor with one
+            lambda per row (e.g. `length_adaptive_lam`).
         last_value: `(B,)` or a float; `V` after the last action token (0: terminal).
+        lam_critic: lambda of the returns (the critic's targets), a float or `(B,)` tensor;
+            None: `lam` (classic GAE). VC-PPO's decoupled GAE is `lam=0.95, lam_critic=1.0`.
         backend: "auto" (numba on CPU, Triton on CUDA, torch elsewhere), or one by name.
 
     Returns:
         `(advantages, returns)`, both `(B, T)` in the promoted dtype of rewards and values,
-        exactly 0 at non-action positions; `returns = advantages + values` on action tokens.
+        exactly 0 at non-action positions: advantages from `lam`, and on action tokens
+        `returns = A(lam_critic) + values` (`= advantages + values` when lam_critic is None
+        or equal to lam; then the outputs are bit-identical to the single-lambda call).
 
     Raises:
-        AdvantageInputError (a ValueError): mismatched shapes, non-float dtypes, gamma or lam
-        outside [0, 1], a non-finite reward or value at an action position, or a non-zero
-        reward at a non-action position; value errors name the first bad `[b, t]`.
+        AdvantageInputError (a ValueError): mismatched shapes, non-float dtypes, gamma or a
+        lambda outside [0, 1] (a per-row lambda names its row), a non-finite reward or value
+        at an action position, or a non-zero reward at a non-action position; value errors
+        name the first bad `[b, t]`.
     """
-    r, v, m, gamma, lam, lv, odt = _validated(rewards, values, mask, gamma, lam, last_value)
+    r, v, m, gamma, _, lv, odt = validated(rewards, values, mask, gamma, lam, last_value)
+    lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device)
     name = _pick_backend(r.device, backend)
     if name == "reference":
-        return gae_reference(rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value)
+        return gae_reference(
+            rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value, lam_critic=lam_critic
+        )
     if r.numel() == 0:
         z = torch.zeros(r.shape, dtype=odt, device=r.device)
         return z, z.clone()
@@ -262,17 +250,17 @@ def compute_gae(
             raise AdvantageInputError(f"the numba backend runs on CPU tensors, got {r.device}")
         from gae.kernels.cpu import gae_cpu
 
-        adv, ret, (code, b, t) = gae_cpu(r, v, m, lv, gamma, lam)
+        adv, ret, (code, b, t) = gae_cpu(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
     elif name == "triton":
         from gae.kernels.triton_gae import gae_triton
 
-        adv, ret, (code, b, t) = gae_triton(r, v, m, lv, gamma, lam)
+        adv, ret, (code, b, t) = gae_triton(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
     else:
-        code, b, t = _first_bad_torch(r, v, m, lv)
+        code, b, t = first_bad_torch(r, v, m, lv)
         if not code:
-            adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam)
+            adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam_a, lam_c)
     if code:
-        raise _value_error(code, b, t, r, v, lv)
+        raise value_error(code, b, t, r, v, lv)
     return adv.to(odt), ret.to(odt)
 
 
@@ -376,89 +364,15 @@ def compute_weighted_advantages(
         raise AdvantageInputError(f"horizon must be an integer >= 1, got {horizon!r}")
     if weighting == "power" and (p is None or not math.isfinite(float(p)) or float(p) < 0):
         raise AdvantageInputError(f"p must be a finite number >= 0 for the power weighting, got {p!r}")
-    r, v, m, gamma, lam_v, lv, odt = _validated(
+    r, v, m, gamma, lam_v, lv, odt = validated(
         rewards, values, mask, gamma, 0.0 if lam is None else lam, last_value
     )
-    code, b, t = _first_bad_torch(r, v, m, lv)
+    code, b, t = first_bad_torch(r, v, m, lv)
     if code:
-        raise _value_error(code, b, t, r, v, lv)
+        raise value_error(code, b, t, r, v, lv)
     W = tail_weights(weighting, horizon, lam=lam_v, p=p)
     adv, ret = _advantages_from_tail(r, v, m, lv, gamma, W)
     return adv.to(odt), ret.to(odt)
-
-
-# --------------------------------------------------------------------------- group baselines
-
-
-def _check_group_inputs(scores, group_ids, mask):
-    if not isinstance(scores, torch.Tensor) or scores.ndim != 1:
-        raise AdvantageInputError(
-            f"scores must be a 1-D (B,) tensor, got {getattr(scores, 'shape', type(scores))}"
-        )
-    if not torch.is_floating_point(scores):
-        raise AdvantageInputError(f"scores must have a floating-point dtype, got {scores.dtype}")
-    if not isinstance(group_ids, torch.Tensor) or group_ids.shape != scores.shape:
-        raise AdvantageInputError(
-            f"group_ids must be a tensor of shape {tuple(scores.shape)}, got {getattr(group_ids, 'shape', type(group_ids))}"
-        )
-    if torch.is_floating_point(group_ids) or group_ids.dtype == torch.bool:
-        raise AdvantageInputError(f"group_ids must have an integer dtype, got {group_ids.dtype}")
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 2 or mask.shape[0] != scores.shape[0]:
-        raise AdvantageInputError(
-            f"mask must be (B, T) with B = {scores.shape[0]}, got {getattr(mask, 'shape', type(mask))}"
-        )
-    m = mask if mask.dtype == torch.bool else mask != 0
-    bad = ~torch.isfinite(scores)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise AdvantageInputError(f"scores[{i}] is {scores[i].item()} (must be finite)")
-    return m
-
-
-def _group_stats(scores: torch.Tensor, group_ids: torch.Tensor):
-    """Per-sample group size, sum and unbiased std (float64), gathered back to (B,)."""
-    _, inv = torch.unique(group_ids, return_inverse=True)
-    G = int(inv.max()) + 1 if inv.numel() else 0
-    s = scores.double()
-    cnt = torch.zeros(G, dtype=torch.float64, device=s.device).index_add_(0, inv, torch.ones_like(s))
-    tot = torch.zeros(G, dtype=torch.float64, device=s.device).index_add_(0, inv, s)
-    mean = tot / cnt
-    sq = torch.zeros(G, dtype=torch.float64, device=s.device).index_add_(0, inv, (s - mean[inv]) ** 2)
-    std = torch.sqrt(sq / (cnt - 1).clamp(min=1))
-    return cnt[inv], tot[inv], mean[inv], std[inv]
-
-
-def _broadcast(a: torch.Tensor, m: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.where(m, a.to(dtype).unsqueeze(1), torch.zeros((), dtype=dtype, device=m.device))
-
-
-def grpo_advantages(scores, group_ids, mask, *, eps: float = 1e-6, scale_by_std: bool = True):
-    """GRPO (Shao et al. 2024): `(s_i - mean_g) / (std_g + eps)`, std unbiased; broadcast over
-    the action tokens. `scale_by_std=False` is Dr. GRPO (Liu et al. 2025): `s_i - mean_g`.
-    A group of one gets 0. Returns `(advantages, returns)` with returns = advantages."""
-    m = _check_group_inputs(scores, group_ids, mask)
-    cnt, _, mean, std = _group_stats(scores, group_ids)
-    a = scores.double() - mean
-    if scale_by_std:
-        a = a / (std + eps)
-    a = torch.where(cnt > 1, a, torch.zeros_like(a))
-    adv = _broadcast(a, m, scores.dtype)
-    return adv, adv.clone()
-
-
-def dr_grpo_advantages(scores, group_ids, mask):
-    """Dr. GRPO: `s_i - mean_g` (no std scaling, no length normalisation here)."""
-    return grpo_advantages(scores, group_ids, mask, scale_by_std=False)
-
-
-def rloo_advantages(scores, group_ids, mask):
-    """RLOO (Ahmadian et al. 2024): `s_i - mean of the other samples of its group`; 0 alone."""
-    m = _check_group_inputs(scores, group_ids, mask)
-    cnt, tot, _, _ = _group_stats(scores, group_ids)
-    s = scores.double()
-    a = torch.where(cnt > 1, s - (tot - s) / (cnt - 1).clamp(min=1), torch.zeros_like(s))
-    adv = _broadcast(a, m, scores.dtype)
-    return adv, adv.clone()
 
 
 def reinforce_pp_advantages(rewards, mask, *, gamma: float = 1.0, whiten: bool = True):
@@ -468,10 +382,10 @@ def reinforce_pp_advantages(rewards, mask, *, gamma: float = 1.0, whiten: bool =
     The whitening is part of this estimator's definition; `returns` are the raw
     returns-to-go. Computed as GAE with `V = 0, lam = 1`, so it runs on the fast backends.
     """
-    rewards = _check_float_2d("rewards", rewards)
+    rewards = check_float_2d("rewards", rewards)
     zeros = torch.zeros_like(rewards)
     _, ret = compute_gae(rewards, zeros, mask, gamma=gamma, lam=1.0)
-    m = _check_mask(mask, rewards.shape, rewards.device)
+    m = check_mask(mask, rewards.shape, rewards.device)
     adv = masked_whiten(ret, m) if whiten else ret.clone()
     return adv, ret
 
@@ -530,8 +444,10 @@ def _scores_of(rewards, mask, scores):
 
 
 @register_estimator(Estimator.GAE)
-def _est_gae(*, rewards, values, mask, gamma, lam, last_value=None, **_):
-    return compute_gae(rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value)
+def _est_gae(*, rewards, values, mask, gamma, lam, last_value=None, lam_critic=None, **_):
+    return compute_gae(
+        rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value, lam_critic=lam_critic
+    )
 
 
 @register_estimator(Estimator.UNIFORM)
@@ -575,8 +491,9 @@ def estimate(
     mask: torch.Tensor,
     values: torch.Tensor | None = None,
     gamma: float = 1.0,
-    lam: float = 0.95,
+    lam: float | torch.Tensor = 0.95,
     last_value: torch.Tensor | float | None = None,
+    lam_critic: float | torch.Tensor | None = None,
     scores: torch.Tensor | None = None,
     group_ids: torch.Tensor | None = None,
     horizon: int | None = None,
@@ -586,9 +503,15 @@ def estimate(
     """Run the estimator registered under `name` (see `Estimator`) with one call shape.
 
     Critic-based estimators need `values`; group estimators need `group_ids` and use
-    `scores` (B,) or, when absent, each row's summed token rewards.
+    `scores` (B,) or, when absent, each row's summed token rewards. `lam` may be a (B,)
+    tensor and `lam_critic` set (decoupled GAE) for the `gae` estimator only.
     """
     est = parse_estimator(name)
+    if est is not Estimator.GAE and (lam_critic is not None or isinstance(lam, torch.Tensor)):
+        raise AdvantageInputError(
+            f"estimator {est.value!r} takes neither lam_critic nor a per-row lam; decoupled and "
+            "per-row lambdas are GAE's (estimator 'gae')"
+        )
     if est.needs_critic and values is None:
         raise AdvantageInputError(f"estimator {est.value!r} needs values from a critic")
     if est in (Estimator.GRPO, Estimator.DR_GRPO, Estimator.RLOO) and group_ids is None:
@@ -600,6 +523,7 @@ def estimate(
         gamma=gamma,
         lam=lam,
         last_value=last_value,
+        lam_critic=lam_critic,
         scores=scores,
         group_ids=group_ids,
         horizon=horizon,

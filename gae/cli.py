@@ -23,7 +23,9 @@ app = typer.Typer(
 )
 
 # Order is the order of `gae --help`.
-COMMAND_MODULES = ("run", "config", "ingest", "sql", "models", "serve", "status", "demo", "show", "report")
+COMMAND_MODULES = (
+    "run", "config", "ingest", "sql", "models", "serve", "status", "demo", "show", "report", "doctor",
+)
 
 
 def _register_all() -> None:
@@ -43,23 +45,32 @@ def main() -> None:
     debug = "--debug" in sys.argv or os.environ.get("GAE_DEBUG") == "1"
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
+        os.environ["GAE_DEBUG"] = "1"  # commands that run flows keep Prefect's tracebacks too
     try:
-        app()
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
-        # User-facing errors are one clear line; the trace is behind --debug.
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        # Every failure is one line naming what broke and what to do; the trace is behind --debug.
         if debug:
             raise
-        typer.secho(f"error: {one_line(exc)}", err=True, fg=typer.colors.RED)
+        usage = getattr(exc, "format_message", None)
+        if callable(usage) and isinstance(getattr(exc, "exit_code", None), int):  # click's usage errors
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.secho(f"error: {' '.join(usage().split())}{hint}", err=True, fg=typer.colors.RED)
+            raise SystemExit(exc.exit_code) from None
+        from gae.errors import user_message
+
+        typer.secho(f"error: {user_message(exc)}", err=True, fg=typer.colors.RED)
         raise SystemExit(1) from None
+    if isinstance(code, int) and code:  # typer.Exit(code) and Ctrl-C (130) come back as a code
+        raise SystemExit(code)
 
 
 def one_line(exc: BaseException) -> str:
-    """A user-facing error as one line; pydantic's multi-line reports become `field: problem; ...`."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors) and type(exc).__name__ == "ValidationError":
-        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in errors()]
-        return f"invalid {getattr(exc, 'title', 'config')}: " + "; ".join(parts)
-    return " ".join(str(exc).split())
+    """A user-facing error as one line (`gae.errors.one_line`)."""
+    from gae.errors import one_line as _one_line
+
+    return _one_line(exc)
 
 
 if __name__ == "__main__":

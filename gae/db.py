@@ -13,6 +13,7 @@ defaults, and values are bound as `$name`, never formatted in.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -36,7 +37,11 @@ def _as_data_dir(data_dir: DataDir | str | os.PathLike | None) -> DataDir:
 
 
 def connect(
-    data_dir: DataDir | str | os.PathLike | None = None, *, read_only: bool = False, views: bool = True
+    data_dir: DataDir | str | os.PathLike | None = None,
+    *,
+    read_only: bool = False,
+    views: bool = True,
+    confine: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """Open `<data-dir>/gae.duckdb`.
 
@@ -44,6 +49,9 @@ def connect(
     need an existing database (FileNotFoundError otherwise) and refuse every write. Both
     get the TEMP views over Parquet from `gae.store.register_views` when that module exists
     (views=False skips them: ingest never reads Parquet, and gae.store imports torch).
+    confine=True (what `gae sql` and `gae query` use) leaves the connection able to read
+    files under the data directory only, with no extensions and no setting changes
+    (`gae.sqlsafe.lock_down`); the store views read Parquet there, so they keep working.
     """
     import duckdb
 
@@ -57,20 +65,42 @@ def connect(
     config = {"autoinstall_known_extensions": False}
     try:
         con = duckdb.connect(str(path), read_only=read_only, config=config)
-    except duckdb.IOException as exc:
+    except duckdb.Error as exc:
         msg = str(exc)
-        if "Could not set lock" not in msg and "Conflicting lock" not in msg:
-            raise
-        raise RuntimeError(_lock_message(dd, msg)) from None
+        if "Could not set lock" in msg or "Conflicting lock" in msg:
+            raise RuntimeError(_lock_message(dd, msg)) from None
+        if "Permission denied" in msg:
+            raise PermissionError(
+                errno.EACCES, f"permission denied opening the database {path}", str(path)
+            ) from None
+        if path.is_file() and isinstance(exc, duckdb.IOException | duckdb.SerializationException):
+            raise UnreadableDatabase(path, msg) from None
+        raise
     try:
         if not read_only:
             migrate(con)
         if views:
             _register_store_views(con, dd)
+        if confine:
+            from gae.sqlsafe import lock_down
+
+            lock_down(con, allowed_directories=[str(dd.root)])
     except BaseException:
         con.close()
         raise
     return con
+
+
+class UnreadableDatabase(RuntimeError):
+    """gae.duckdb exists but DuckDB cannot open it (truncated, emptied, overwritten)."""
+
+    def __init__(self, path: Path, detail: str):
+        self.path, self.detail = path, " ".join(detail.split())
+        super().__init__(
+            f"the database {path} cannot be opened ({self.detail}); `gae doctor --fix` moves it to "
+            "quarantine/, then `gae ingest` or `gae run` rebuilds it from your corpus (the Parquet store, "
+            "models, runs and MLflow are separate files and stay)"
+        )
 
 
 def _lock_message(dd: DataDir, duckdb_msg: str) -> str:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from gae.errors import writing
+
 _UMASK_LOCK = threading.Lock()
 _PROC_STATUS = "/proc/self/status"
 
@@ -47,19 +49,25 @@ def current_umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it replaces `path` atomically."""
+    """Yield a temporary path next to `path`; on success it replaces `path` atomically.
+
+    A full disk, whichever library was writing, raises `gae.errors.DiskFull` naming `path`
+    (checked before the temporary is removed: a short write without errno is told from other
+    failures by the free space left)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # After the caller's write, so the mode holds however the caller wrote the file.
-        os.chmod(tmp_path, 0o666 & ~current_umask())
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        with writing(path):
+            yield tmp_path
+            # After the caller's write, so the mode holds however the caller wrote the file.
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+            with open(tmp_path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -84,11 +92,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     glob files, which `atomic_path` covers.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}.", dir=path.parent))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~current_umask())
+        with writing(path, temporary=tmp):
+            yield tmp
+            os.chmod(tmp, 0o777 & ~current_umask())
         old = None
         if path.exists():
             old = path.with_name(f".old-{path.name}.{os.getpid()}")

@@ -19,16 +19,56 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from gae.errors import writing
+
 
 class DataDirLocked(RuntimeError):
     """Another process holds the data directory's writer lock."""
 
 
 def read_holder(lock_path: Path) -> dict:
+    """Who took the lock last, as written into the file (`{}` when nobody or unreadable). The
+    record outlives a killed holder: `is_held` says whether it still holds the lock."""
     try:
-        return json.loads(lock_path.read_text() or "{}")
-    except (FileNotFoundError, json.JSONDecodeError):
+        holder = json.loads(Path(lock_path).read_text() or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def is_held(lock_path: str | os.PathLike) -> bool:
+    """Whether a live process holds the writer lock now.
+
+    The kernel's answer, not the pid written in the file: a run killed with SIGKILL leaves
+    its holder record behind (nobody truncated it) but its flock is gone, and a pid can be
+    reused. Probed with a shared, non-blocking flock that is released at once.
+    """
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: object) -> bool | None:
+    """Whether process `pid` exists on this host (None: not a pid)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def describe_holder(holder: dict) -> str:
@@ -68,8 +108,9 @@ def writer_lock(
             "what": what,
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        with writing(lock_path):  # a full disk fails here first: say so, naming the file
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         try:
             yield holder
         finally:

@@ -28,6 +28,10 @@ from gae.masked import masked_mean, masked_sum, masked_var
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+RatioLevel = Literal["token", "sequence"]
+# verl clamps GSPO's log ratio at 10 before exp (compute_policy_loss_gspo): e^10 is far outside
+# any clip range, and float32 exp overflows past ~88.
+MAX_SEQ_LOG_RATIO = 10.0
 
 
 def _check_same(mask: torch.Tensor, **tensors: torch.Tensor) -> torch.Tensor:
@@ -69,6 +73,27 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: AggMode = "token
     return torch.where(nonempty, per_row, torch.zeros_like(per_row)).sum() / n_rows
 
 
+def sequence_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's sequence-level importance ratio (Zheng et al. 2025, arXiv 2507.18071, eq. 7) in
+    its token form ("GSPO-token", eq. 13), (B, T), exactly 1 off the mask:
+
+        s_i     = exp( (1/|y_i|) sum_t (logp_{i,t} - old_logp_{i,t}) )   (geometric mean of token ratios)
+        s_{i,t} = sg[s_i] * pi(y_{i,t}) / sg[pi(y_{i,t})]
+
+    Every action token of row i holds the value s_i, so the clip is decided per sequence; the
+    gradient of s_{i,t} is s_i * grad logp_{i,t}, so averaged over the row's tokens it is
+    grad s_i: with a per-sequence advantage this is GSPO exactly, and it also takes per-token
+    advantages (GAE). The log ratio is clamped at 10 before exp, as verl does. A one-token
+    response gets its token ratio (value and gradient). An empty row gets 1.
+    """
+    m = _check_same(mask, logprobs=logprobs, old_logprobs=old_logprobs)
+    log_ratio = _zero_off(logprobs - old_logprobs, m)
+    n = m.sum(-1).clamp(min=1).to(logprobs.dtype)  # (B,)
+    seq_log_ratio = (log_ratio.sum(-1) / n).detach()  # (B,) log s_i, no gradient
+    log_s = logprobs - logprobs.detach() + seq_log_ratio.unsqueeze(-1)  # (B, T) value log s_i
+    return torch.exp(_zero_off(log_s.clamp(max=MAX_SEQ_LOG_RATIO), m))
+
+
 def policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -79,16 +104,24 @@ def policy_loss(
     clip_high: float = 0.2,
     dual_clip: float | None = None,
     agg: AggMode = "token-mean",
+    ratio_level: RatioLevel = "token",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate objective (Schulman et al. 2017, eq. 7), optionally dual-clipped.
 
-        r_t   = exp(logp_t - old_logp_t)
+        r_t   = exp(logp_t - old_logp_t)                   (ratio_level "token")
+        r_t   = s_{i,t} of `sequence_ratio`                 (ratio_level "sequence": GSPO)
         l_t   = max(-A_t r_t, -A_t clip(r_t, 1 - clip_low, 1 + clip_high))
         dual clip, for A_t < 0 only (Ye et al. 2020, "Mastering Complex Control in MOBA
         Games with Deep Reinforcement Learning"): l_t = min(l_t, -A_t c), c = dual_clip > 1,
         which bounds the loss of a token whose ratio has run far above 1 + clip_high.
 
     Asymmetric bounds (`clip_high > clip_low`) are DAPO's "clip-higher" (Yu et al. 2025).
+    GSPO uses much smaller bounds (3e-4 / 4e-4 in the paper: a geometric mean of ratios moves
+    far less than one ratio) and the sequence mean (`agg="seq-mean-token-mean"`), which with
+    the sequence ratio is the paper's (1/G) sum_i min(s_i A_i, clip(s_i) A_i). This matches
+    verl's `compute_policy_loss_gspo` (same stop-gradient form, same clamp of the log ratio
+    at 10); we differ in keeping the dual clip available and the KL metrics token-level
+    (verl reports its ppo_kl token-level too).
 
     Args:
         logprobs: (B, T) current policy log-probs (carry the gradient).
@@ -107,9 +140,12 @@ def policy_loss(
         raise ValueError(f"clip_low and clip_high must be >= 0, got {clip_low}, {clip_high}")
     if dual_clip is not None and not dual_clip > 1.0:
         raise ValueError(f"dual_clip must be > 1.0 (or None), got {dual_clip}")
+    if ratio_level not in ("token", "sequence"):
+        raise ValueError(f"ratio_level must be 'token' or 'sequence', got {ratio_level!r}")
     adv = _zero_off(advantages, m)
     log_ratio = _zero_off(logprobs - old_logprobs, m)
-    ratio = torch.exp(log_ratio)  # (B, T), exactly 1 off the mask
+    tok_ratio = torch.exp(log_ratio)  # (B, T), exactly 1 off the mask
+    ratio = tok_ratio if ratio_level == "token" else sequence_ratio(logprobs, old_logprobs, m)
     loss1 = -adv * ratio
     loss2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     clipped = torch.maximum(loss1, loss2)
@@ -126,7 +162,7 @@ def policy_loss(
     loss = aggregate(pg_losses, m, agg)
     with torch.no_grad():
         ppo_kl = masked_mean(-log_ratio, m)
-        approx_kl = masked_mean((ratio - 1.0) - log_ratio, m)
+        approx_kl = masked_mean((tok_ratio - 1.0) - log_ratio, m)
     metrics = {
         "actor/pg_loss": float(loss.detach()),
         "actor/pg_clipfrac": float(clipfrac),
@@ -135,6 +171,26 @@ def policy_loss(
         "actor/approx_kl": float(approx_kl),
     }
     return loss, metrics
+
+
+def positive_nll_loss(
+    logprobs: torch.Tensor, positive: torch.Tensor, *, denominator: float | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """VAPO's positive-example LM loss (Yue et al. 2025, arXiv 2504.05118, eq. 10): the
+    negative log-likelihood of the tokens of responses judged correct, averaged over those
+    tokens, so the policy also imitates its own successes (weight mu = 0.1 in the paper):
+
+        L_NLL = -(1 / sum_{o in T} |o|) sum_{o in T} sum_t log pi(o_t),   T = positive samples
+
+    positive: (B, T) bool, the action tokens of the positive rows. `denominator` is the count
+    of positive tokens to divide by (the whole minibatch's when this is one micro batch of it,
+    see `gae.ppo_steps.loss_denominators`); None: those of `positive`. No positive token: 0.
+    Metric: actor/positive_nll (the loss's value on these tokens).
+    """
+    m = _check_same(positive, logprobs=logprobs)
+    n = float(m.sum()) if denominator is None else float(denominator)
+    loss = -masked_sum(logprobs, m) / max(n, 1.0)
+    return loss, {"actor/positive_nll": float(loss.detach())}
 
 
 def value_loss(

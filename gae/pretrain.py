@@ -262,12 +262,24 @@ def pretrain(
     seq_len = cfg.seq_len or model_cfg.block_size
     if model_cfg.arch == "gpt":
         seq_len = min(seq_len, model_cfg.block_size)
+    packed_train, n_docs = len(train), len(train_texts)
     if len(eval_stream) < seq_len + 1:
         cut = int(len(train) * 0.9)
         train, eval_stream = train[:cut], train[cut:]
-    if len(train) < seq_len + 2:
+    if len(eval_stream) < seq_len + 1 or len(train) < seq_len + 2:
+        # Say how much text is missing, not which internal stream ran short (issue 12). The
+        # eval windows then come from the last 10% of the train stream, hence the factor 10.
+        per_doc = max(1.0, packed_train / n_docs)
+        need_docs = math.ceil(10 * (seq_len + 2) / per_doc)
+        which, have, need = (
+            ("eval", len(eval_stream), seq_len + 1)
+            if len(eval_stream) < seq_len + 1
+            else ("train", len(train), seq_len + 2)
+        )
         raise ValueError(
-            f"pretrain: train stream has {len(train)} tokens, fewer than one window of {seq_len + 1}"
+            f"corpus too small: {have} tokens in the {which} stream, need at least {need} "
+            f"(about {need_docs} documents like these; the corpus has {n_docs} train documents, "
+            f"{packed_train} tokens); add text, or lower pretrain.seq_len"
         )
     ex, ey = eval_windows(eval_stream, seq_len, cfg.eval_tokens)
     unigram_ppl = math.exp(unigram_nll(train, ey.reshape(-1), tok.vocab_size))

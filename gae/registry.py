@@ -37,6 +37,7 @@ with warnings.catch_warnings():  # MLflow's own import warns about type hints of
     import mlflow.pyfunc
 import pandas as pd  # imported by mlflow.pyfunc already; `predict`'s type hint names it
 
+from gae.errors import writing
 from gae.paths import DataDir
 from gae.tracking import DEFAULT_EXPERIMENT, ensure_experiment, get_client, tracking_uri, use_tracking_uri
 
@@ -272,28 +273,36 @@ def log_and_register(
         mv = existing
         model_uri = f"models:/{name}/{mv.version}"
     else:
-        with tempfile.TemporaryDirectory(prefix="gae-register-") as tmp:
+        # A full disk names the store it filled (gae.errors.writing), whichever library noticed.
+        with writing(dd.mlflow_artifacts), tempfile.TemporaryDirectory(prefix="gae-register-") as tmp:
             cfg_path = Path(tmp) / "gae_config.json"
             cfg_path.write_text(json.dumps(config or {}, indent=2, default=str))
             artifacts = {"policy": str(model_dir), "tokenizer": str(tok), "config": str(cfg_path)}
             with use_tracking_uri(uri):
-                if mlflow_run_id is not None:
+                # An attempt interrupted after logging the model left it in the run: finish
+                # that one instead of logging another beside it (issue 12).
+                logged = _reuse_logged_model(client, mlflow_run_id, source)
+                if logged is not None:
+                    logged_uri = logged.model_uri
+                elif mlflow_run_id is not None:
                     status = client.get_run(mlflow_run_id).info.status
                     with mlflow.start_run(run_id=mlflow_run_id):
-                        info = _log_model(artifacts)
+                        logged_uri = _log_model(artifacts, source).model_uri
                     if status == "RUNNING":  # leaving the `with` marked it FINISHED
                         client.update_run(mlflow_run_id, status="RUNNING")
                 else:
                     exp_id = ensure_experiment(client, experiment, dd)
                     with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}") as run:
                         mlflow_run_id = run.info.run_id
-                        info = _log_model(artifacts)
+                        logged_uri = _log_model(artifacts, source).model_uri
                 vtags = {SOURCE_TAG: source or "", "gae.mlflow_run_id": mlflow_run_id, **(tags or {})}
-                mv = mlflow.register_model(info.model_uri, name, tags=vtags)
+                with writing(dd.mlflow_db):
+                    mv = mlflow.register_model(logged_uri, name, tags=vtags)
         model_uri = f"models:/{name}/{mv.version}"
-    promoted, champ_version, champ_score = update_aliases(
-        client, name, int(mv.version), float(eval_score), baseline_score
-    )
+    with writing(dd.mlflow_db):
+        promoted, champ_version, champ_score = update_aliases(
+            client, name, int(mv.version), float(eval_score), baseline_score
+        )
     return Registration(
         name=name,
         version=int(mv.version),
@@ -306,15 +315,43 @@ def log_and_register(
     )
 
 
-def _log_model(artifacts: dict[str, str]):
+def _reuse_logged_model(client, mlflow_run_id: str | None, source: str | None):
+    """The model an earlier attempt of this registration logged in the run (tagged with its
+    source) when it completed (READY), else None; attempts that failed or were killed mid-upload
+    (FAILED, PENDING) are deleted, so a retry leaves no orphan beside the model it logs."""
+    if mlflow_run_id is None or not source:
+        return None
+    from mlflow.entities import LoggedModelStatus
+
+    try:
+        exp_id = client.get_run(mlflow_run_id).info.experiment_id
+        found = client.search_logged_models(
+            experiment_ids=[exp_id],
+            filter_string=f"tags.`{SOURCE_TAG}` = '{_quote(source)}' AND source_run_id = '{_quote(mlflow_run_id)}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}],
+        )
+    except Exception:  # a tracking server without logged-model search: log anew, as before
+        return None
+    keep = next((m for m in found if m.status == LoggedModelStatus.READY), None)
+    for m in found:
+        if m is not keep:
+            client.delete_logged_model(m.model_id)
+    return keep
+
+
+def _quote(s: str) -> str:
+    return str(s).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _log_model(artifacts: dict[str, str], source: str | None = None):
     with warnings.catch_warnings():
         # The signature is explicit, so MLflow's hints about type hints and input examples
         # (which would trigger inference we avoid on purpose) are noise here.
         warnings.simplefilter("ignore", UserWarning)
-        return _log_model_quiet(artifacts)
+        return _log_model_quiet(artifacts, source)
 
 
-def _log_model_quiet(artifacts: dict[str, str]):
+def _log_model_quiet(artifacts: dict[str, str], source: str | None = None):
     return mlflow.pyfunc.log_model(
         name=ARTIFACT_NAME,
         python_model=GaePolicyModel(),
@@ -322,6 +359,7 @@ def _log_model_quiet(artifacts: dict[str, str]):
         signature=signature(),
         pip_requirements=pip_requirements(),
         metadata={"framework": "gaeflow", "needs": "the gaeflow package importable (gae.registry)"},
+        tags={SOURCE_TAG: source} if source else None,
     )
 
 

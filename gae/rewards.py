@@ -76,6 +76,15 @@ class RewardConfig(BaseModel):
         default_factory=lambda: [RewardComponent(name="chrf")],
         description="Components summed with their weights; each is also kept as its own column.",
     )
+    overlong_buffer: int | None = Field(
+        None,
+        ge=1,
+        description="DAPO's soft overlong punishment: the last this many tokens before rollout.max_new_tokens "
+        "lose reward linearly (gae.shaping.overlong_penalty), kept as the component `overlong`. None: off.",
+    )
+    overlong_penalty: float = Field(
+        1.0, ge=0, description="Reward lost at the length limit under overlong_buffer (1 in DAPO)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
@@ -88,6 +97,11 @@ class RewardConfig(BaseModel):
                     f"RewardConfig.components[{i}].name={c.name!r} is not a reward; "
                     f"valid: {sorted(REWARDS)} or 'module:function'"
                 )
+            if c.name == "sql":  # refused before a run starts, not at its first scoring
+                try:
+                    sql(RewardInputs.from_texts([]), **{"expression": None, **c.options})
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"RewardConfig.components[{i}] {e}") from None
             col = c.column_name
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", col):
                 raise ValueError(f"RewardConfig.components[{i}] column {col!r} must be an identifier")
@@ -460,10 +474,18 @@ def python(inputs: RewardInputs, *, function: str, batched: bool = False, **kwar
 @register("sql")
 def sql(inputs: RewardInputs, *, expression: str) -> list[float]:
     """Evaluate a DuckDB expression per rollout, e.g. `CASE WHEN response LIKE '%.' THEN 1 ELSE 0 END`.
-    The expression is the user's own code, run in a private in-memory database."""
+
+    The expression must be one expression and nothing else (`gae.sqlsafe.parse_expression`:
+    no `;`, statements, table functions or tables other than `rollouts`), and runs on a
+    private in-memory connection that cannot touch files, extensions or settings
+    (`gae.sqlsafe.sandbox`): a run's config must not be able to write a file (issue 12).
+    """
     import duckdb
     import pyarrow as pa
 
+    from gae.sqlsafe import parse_expression, sandbox
+
+    parsed = parse_expression(expression, tables=("rollouts",), what="sql reward: expression")
     table = pa.table(
         {
             "row_idx": pa.array(range(len(inputs)), pa.int64()),
@@ -476,18 +498,19 @@ def sql(inputs: RewardInputs, *, expression: str) -> list[float]:
             "finish_reason": pa.array(inputs.finish_reasons, pa.string()),
         }
     )
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    # Booleans become 1.0/0.0, NULL becomes 0.0; built with the relational API, never pasted.
+    score = duckdb.CoalesceOperator(parsed.cast(duckdb.sqltype("DOUBLE")), duckdb.ConstantExpression(0.0))
+    con = sandbox()
     try:
         con.register("rollouts", table)
         try:
-            rows = con.sql(
-                f"select coalesce(cast(({expression}) as double), 0) from rollouts order by row_idx"
-            ).fetchall()
+            rel = con.table("rollouts").select(duckdb.ColumnExpression("row_idx"), score.alias("score"))
+            rows = rel.order("row_idx").fetchall()
         except duckdb.Error as e:
             raise ValueError(f"sql reward: expression {expression!r} failed: {e}") from e
     finally:
         con.close()
-    return [r[0] for r in rows]
+    return [r[1] for r in rows]
 
 
 # ---------------------------------------------------------------------------------------
@@ -535,4 +558,9 @@ def score_inputs(inputs: RewardInputs, cfg: RewardConfig) -> ScoreTable:
 
 def score_batch(batch, cfg: RewardConfig) -> ScoreTable:
     """Score a `gae.batch.RolloutBatch`: `.total` (B,) and `.components[name]` (B,), float32."""
-    return score_inputs(RewardInputs.from_batch(batch), cfg)
+    table = score_inputs(RewardInputs.from_batch(batch), cfg)
+    if cfg.overlong_buffer:  # training-time length shaping (DAPO); evaluation scores without it
+        from gae.shaping import add_overlong_component
+
+        table = add_overlong_component(table, batch, cfg.overlong_buffer, cfg.overlong_penalty)
+    return table

@@ -18,6 +18,10 @@ KV-cached logits while sampling (equal up to float summation order; tested).
 Randomness: every row has its own generator seeded from (seed, prompt_id, sample index).
 A row's samples therefore do not depend on which other prompts share its batch, how much
 padding they force, or `batch_size`; vary `seed` between iterations to get fresh samples.
+
+Speed on a GPU (issue 14): `decode="auto"` runs the static-cache loop of `gae.decode` on CUDA,
+its step replayed as a CUDA graph, and `batch_size="auto"` sizes the chunks from the free
+device memory and the model's KV-cache size (`gae.decode.rollout_batch_size`).
 """
 
 from __future__ import annotations
@@ -26,13 +30,29 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from gae.batch import RolloutBatch
+from gae.decode import (
+    cuda_free_bytes,
+    decode_row_bytes,
+    release_decoders,
+    rollout_batch_size,
+    static_decoder,
+)
 from gae.device import autocast, to_host
 from gae.models.scoring import score_responses
+from gae.sampling import (  # noqa: F401 (filter_probs, sample_tokens, left_pad: public here too)
+    choose_tokens,
+    filter_probs,
+    left_pad,
+    row_uniforms,
+    sample_tokens,
+    token_logprobs,
+)
 
 
 class RolloutConfig(BaseModel):
@@ -46,12 +66,63 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
     max_new_tokens: int = Field(64, ge=1, description="Response length limit (finish_reason 'length').")
     seed: int = Field(0, description="Base seed; row seeds derive from (seed, prompt_id, sample index).")
-    batch_size: int = Field(64, ge=1, description="Rows generated together (memory vs speed).")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto",
+        description="Rows generated (and scored) together. auto or null: on CUDA as many as "
+        "memory_fraction of the free device memory holds (KV cache, sampling and forward-pass "
+        "memory per row), up to max_batch_size; 64 elsewhere.",
+    )
+    max_batch_size: int = Field(1024, ge=1, description="Largest chunk batch_size=auto picks.")
+    memory_fraction: float = Field(
+        0.8, gt=0.0, le=1.0, description="Share of the free device memory batch_size=auto may plan for."
+    )
+    decode: Literal["auto", "static", "dynamic"] = Field(
+        "auto",
+        description="Decode loop. static: preallocated KV cache, fixed shapes, the step captured as a "
+        "CUDA graph on CUDA (gpt and most hf models); dynamic: the cache grows a column per step and "
+        "finished rows are dropped (the reference loop; gru always); auto: static on CUDA.",
+    )
+    cuda_graph: bool = Field(
+        True, description="Replay the static decode step as a CUDA graph (False: the same loop run eagerly)."
+    )
+    check_every: int = Field(
+        8,
+        ge=1,
+        description="Static decode reads 'all rows finished?' back every this many steps (a row-level "
+        "stop needs no read-back; a finished batch runs at most 2x this many steps more).",
+    )
     recompute_logprobs: bool = Field(
         True,
         description="Store score_responses log-probs (ratio exactly 1) instead of the sampling-time ones.",
     )
     bf16: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU).")
+
+
+# Fields that change how fast rollouts run, not which tokens they draw (per-row seeds): a rerun
+# that changes only these is the same run.
+EXECUTION_FIELDS = frozenset(
+    {"batch_size", "max_batch_size", "memory_fraction", "decode", "cuda_graph", "check_every"}
+)
+CPU_BATCH_SIZE = 64
+
+
+def resolve_batch_size(model, cfg: RolloutConfig, *, prompt_len: int, device: torch.device) -> int:
+    """`cfg.batch_size` as a number: itself when set; with auto, on CUDA from the free memory and
+    the per-row need (`gae.decode.decode_row_bytes`), elsewhere `CPU_BATCH_SIZE`."""
+    if isinstance(cfg.batch_size, int):
+        return cfg.batch_size
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    row = decode_row_bytes(
+        kv_bytes_per_position=model.kv_bytes_per_position(),
+        prompt_len=prompt_len,
+        max_new_tokens=cfg.max_new_tokens,
+        vocab_size=model.vocab_size,
+        hidden_size=model.actor.hidden_size,
+    )
+    return rollout_batch_size(
+        cuda_free_bytes(device), row, fraction=cfg.memory_fraction, max_rows=cfg.max_batch_size
+    )
 
 
 def row_seed(seed: int, key: str, sample: int) -> int:
@@ -60,49 +131,24 @@ def row_seed(seed: int, key: str, sample: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def filter_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """(B, V) logits -> (B, V) float64 sampling probabilities (normalised) after temperature, top-k, then top-p.
-
-    Top-p keeps the smallest prefix of tokens (by descending probability) whose mass reaches
-    `top_p` (Holtzman et al. 2020), always at least the most likely token (so top_p -> 0 is
-    greedy up to ties).
-    """
-    logits = logits.double() / temperature
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, -1)
-    if top_p < 1.0:
-        sorted_p, idx = torch.sort(probs, -1, descending=True)
-        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # mass before this token already enough
-        # The first sorted token has 0 mass before it, which is ">= top_p" when top_p <= 0: keep it
-        # anyway, or a row loses every token (0/0 = NaN probabilities).
-        drop_sorted[:, 0] = False
-        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-    return probs / probs.sum(-1, keepdim=True)
-
-
-def sample_tokens(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling: (B, V) probs and (B,) uniforms in [0, 1) -> (B,) token ids.
-
-    Deterministic given `u`, so per-row generators fully decide each row's draw.
-    """
-    cdf = probs.cumsum(-1)  # (B, V)
-    target = (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)  # (B, 1)
-    tok = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # first index with cdf > target
-    return tok.clamp(max=probs.shape[-1] - 1)
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), P), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, P - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, P - len(r) :] = True
-    return ids.to(device), mask.to(device)
+def resolve_decode(model, decode: str, device: torch.device) -> str:
+    """ "static" or "dynamic" for a `RolloutConfig.decode` value: "auto" is static on CUDA for
+    models that have a static cache (gpt, most hf), dynamic elsewhere; "static" on a model
+    without one is refused with the reason."""
+    if decode not in ("auto", "static", "dynamic"):
+        raise ValueError(f"rollout decode={decode!r}; choose auto, static or dynamic")
+    if decode == "dynamic":
+        return "dynamic"
+    reason = (
+        model.static_decode_unsupported()
+        if hasattr(model, "static_decode_unsupported")
+        else "no static cache"
+    )
+    if decode == "static":
+        if reason is not None:
+            raise ValueError(f"rollout decode='static': {reason}")
+        return "static"
+    return "static" if device.type == "cuda" and reason is None else "dynamic"
 
 
 @torch.no_grad()
@@ -119,24 +165,70 @@ def sample_batch(
     pad_id: int,
     device: torch.device,
     bf16: bool = False,
+    decode: str = "auto",
+    cuda_graph: bool = True,
+    check_every: int = 8,
 ) -> dict:
     """Generate for one chunk of rows with a KV cache. Returns prompt_tokens/prompt_mask (B, P),
-    response_tokens/action_mask/logprobs (B, T) with T = the longest response, finish_reasons."""
-    B = len(prompt_rows)
+    response_tokens/action_mask/logprobs (B, T) with T = the longest response, finish_reasons.
+
+    `decode`: "dynamic" is the loop below (cache sliced to the filled length, finished rows
+    compacted away); "static" is `gae.decode` (fixed shapes, the step a CUDA graph on CUDA
+    unless `cuda_graph` is False, "all finished" read every `check_every` steps); "auto" picks
+    static on CUDA. Both draw the same tokens from the same seeds.
+    """
+    device = torch.device(device)
     ids, mask = left_pad(prompt_rows, pad_id, device)
-    P = ids.shape[1]
-    # Each row's uniforms come from its own seeded generator (so a row's sample does not depend
-    # on its batch), drawn for every step up front: one host-to-device copy instead of one per
-    # step, and no per-row Python call inside the decode loop. A row that stops early leaves
-    # its later draws unused, exactly as drawing them step by step would.
-    uniforms = None
-    if temperature != 0:
-        uniforms = torch.stack(
-            [
-                torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                for s in seeds
-            ]
-        ).to(device)
+    uniforms = row_uniforms(seeds, max_new_tokens).to(device) if temperature != 0 else None
+    if resolve_decode(model, decode, device) == "static":
+        if check_every < 1:
+            raise ValueError(f"rollout check_every must be >= 1, got {check_every}")
+        dec = static_decoder(
+            model,
+            batch=len(prompt_rows),
+            prompt_len=ids.shape[1],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_id=eos_id,
+            pad_id=pad_id,
+            device=device,
+            bf16=bf16,
+            cuda_graph=cuda_graph,
+        )
+        out = dec.run(ids, mask, uniforms, check_every)
+        return {
+            "prompt_tokens": ids,
+            "prompt_mask": mask,
+            "response_tokens": out["tokens"],
+            "action_mask": out["action_mask"],
+            "logprobs": out["logprobs"],
+            "finish_reasons": ["eos" if e else "length" for e in out["hit_eos"].tolist()],
+        }
+    return _sample_dynamic(
+        model, ids, mask, uniforms, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        top_p=top_p, eos_id=eos_id, pad_id=pad_id, device=device, bf16=bf16,
+    )  # fmt: skip
+
+
+def _sample_dynamic(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    uniforms: torch.Tensor | None,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_id: int,
+    pad_id: int,
+    device: torch.device,
+    bf16: bool,
+) -> dict:
+    """The reference loop: a cache grown a column per step; finished rows compacted away."""
+    B, P = ids.shape
     cache = model.new_cache(B, P + max_new_tokens)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     alive_mask = torch.zeros((B, max_new_tokens), dtype=torch.bool, device=device)
@@ -147,17 +239,15 @@ def sample_batch(
     rows = torch.arange(B, device=device)
     attn = mask
     with autocast(device, bf16=bf16):
-        logits, cache = model.decode_step(ids, attn, cache)
+        logits, cache = model.decode_step(ids, attn, cache, last_only=True)
     next_logits = logits[:, -1].float()  # (n, V) for the n rows in `rows`
     T = 0
     for t in range(max_new_tokens):
-        if temperature == 0:
-            tok = next_logits.argmax(-1)
-        else:
-            tok = sample_tokens(filter_probs(next_logits, temperature, top_k, top_p), uniforms[rows, t])
+        u = uniforms[rows, t] if uniforms is not None else None
+        tok = choose_tokens(next_logits, u, temperature, top_k, top_p)
         alive = ~hit_eos[rows]  # rows kept in the batch may have finished since the last compaction
         tok = torch.where(alive, tok, torch.full_like(tok, pad_id))
-        logp = torch.log_softmax(next_logits, -1).gather(-1, tok[:, None]).squeeze(-1)  # temperature 1
+        logp = token_logprobs(next_logits, tok)  # temperature 1
         tokens[rows, t] = tok
         alive_mask[rows, t] = alive
         logprobs[rows, t] = torch.where(alive, logp, torch.zeros_like(logp))
@@ -254,9 +344,10 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
         row_seed(cfg.seed, str(prompts[i]["prompt_id"]), j)
         for i, j in zip(row_prompt, row_sample, strict=True)
     ]
+    batch_size = resolve_batch_size(policy, cfg, prompt_len=max(len(r) for r in rows), device=device)
     chunks = []
-    for s in range(0, len(row_prompt), cfg.batch_size):
-        idx = range(s, min(s + cfg.batch_size, len(row_prompt)))
+    for s in range(0, len(row_prompt), batch_size):
+        idx = range(s, min(s + batch_size, len(row_prompt)))
         chunks.append(
             sample_batch(
                 policy,
@@ -270,6 +361,9 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
                 pad_id=tok.pad_id,
                 device=device,
                 bf16=cfg.bf16,
+                decode=cfg.decode,
+                cuda_graph=cfg.cuda_graph,
+                check_every=cfg.check_every,
             )
         )
     P = max(c["prompt_tokens"].shape[1] for c in chunks)
@@ -291,8 +385,8 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
     timing = {"gen": time.perf_counter() - started, "values": 0.0, "ref": 0.0}
     logprobs, values, last_values, ref_logprobs = [], [], [], []
     with torch.no_grad():
-        for s in range(0, len(row_prompt), cfg.batch_size):
-            sl = slice(s, s + cfg.batch_size)
+        for s in range(0, len(row_prompt), batch_size):
+            sl = slice(s, s + batch_size)
             args = (
                 cat["prompt_tokens"][sl],
                 cat["prompt_mask"][sl],
@@ -314,6 +408,9 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
             values.append(out.values.float())
             last_values.append(out.last_values.float())
             ref_logprobs.append(ref_out.logprobs.float())
+    # The decode graphs and their static caches served this call's chunks; the PPO update that
+    # follows gets their memory back (the next call captures again: two eager steps and a record).
+    release_decoders(policy)
     policy.train(was_training[0])
     ref.train(was_training[1])
     host = tokens_home.wait()
@@ -344,6 +441,8 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
             "seconds": round(seconds, 4),
             "timing_s": {k: round(v, 4) for k, v in timing.items()},
             "tokens_per_s": round(n_tokens / max(seconds, 1e-9), 1),
+            "batch_size": batch_size,
+            "decode": resolve_decode(policy, cfg.decode, device),
             "logprobs_source": "score_responses" if cfg.recompute_logprobs else "sampling",
         },
         host_copies=host,
@@ -413,6 +512,7 @@ def generate(
         pad_id=tok.pad_id,
         device=device,
     )
+    release_decoders(model)
     model.train(was_training)
     host = to_host({"eval_response_tokens": out["response_tokens"], "eval_action_mask": out["action_mask"]})
     host = host.wait()

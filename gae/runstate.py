@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gae.fsutil import atomic_write_json
@@ -47,7 +47,31 @@ class RunState:
         p = cls.path(runs_dir, run_name)
         if not p.exists():
             return None
-        return cls(**json.loads(p.read_text()))
+        return cls.read(p)
+
+    @classmethod
+    def read(cls, path: Path) -> RunState:
+        """The state in `path`; a file that is not one raises a ValueError naming it."""
+        fix = "`gae doctor --fix` moves it to quarantine/ (the run then starts anew)"
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"run state {path} is not UTF-8 text (byte {e.start}); {fix}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"run state {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {fix}"
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"run state {path} holds a JSON {type(data).__name__}, not an object; {fix}")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in ("run_name", "run_id", "config_hash") if n not in data)
+        unknown = sorted(set(data) - names)
+        problems = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+            [f"has unknown fields {', '.join(unknown)}"] if unknown else []
+        )
+        if problems:
+            raise ValueError(f"run state {path} {' and '.join(problems)}; {fix}")
+        return cls(**data)
 
     def save(self, runs_dir: Path) -> None:
         self.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -227,6 +227,61 @@ def shape_rewards(
     return rewards, kl
 
 
+def overlong_penalty(
+    lengths: torch.Tensor, max_length: int, buffer: int, penalty: float = 1.0
+) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, eq. 13), scaled by
+    `penalty` (1 in the paper), for responses of `lengths` (B,) tokens under a limit L_max:
+
+        R_length(l) = 0                                   l <= L_max - L_buf
+                    = ((L_max - L_buf) - l) / L_buf       L_max - L_buf < l <= L_max
+                    = -1                                  l > L_max
+
+    so a response entering the last L_buf tokens before the limit loses reward linearly, down
+    to -penalty at the limit, instead of the cliff of a truncation penalty. It is added to
+    the sequence score. verl's DAPO reward manager computes the same for l <= L_max
+    (`min(-(l - (L_max - L_buf)) / L_buf * penalty_factor, 0)`); it has no l > L_max case,
+    since its responses cannot be longer. Returns (B,) float32.
+    """
+    if not isinstance(lengths, torch.Tensor) or lengths.ndim != 1:
+        raise ValueError(f"lengths must be a (B,) tensor, got {getattr(lengths, 'shape', type(lengths))}")
+    if not (1 <= int(buffer) <= int(max_length)):
+        raise ValueError(f"overlong buffer must be in [1, max_length={max_length}], got {buffer}")
+    if not penalty >= 0:
+        raise ValueError(f"overlong penalty must be >= 0, got {penalty}")
+    ell = lengths.to(torch.float64)
+    expected = float(max_length - buffer)
+    soft = ((expected - ell) / float(buffer)).clamp(max=0.0)
+    r = torch.where(ell > max_length, torch.full_like(soft, -1.0), soft) * float(penalty)
+    return r.to(torch.float32)
+
+
+OVERLONG_COLUMN = "overlong"
+
+
+def add_overlong_component(table, batch, buffer: int, penalty: float):
+    """`table` (a `gae.rewards.ScoreTable`) with the overlong penalty of `batch`'s responses as
+    one more component, `overlong`, of weight 1 (so the store and MLflow show it as its own
+    column) and added to `total`. A response's length is its action tokens (EOS included); the
+    limit is the rollout's `max_new_tokens` (`batch.meta["sampling"]`)."""
+    max_length = (batch.meta.get("sampling") or {}).get("max_new_tokens")
+    if max_length is None:
+        raise ValueError(
+            "rewards.overlong_buffer needs the rollout's max_new_tokens (batch.meta['sampling'])"
+        )
+    if OVERLONG_COLUMN in table.components:
+        raise ValueError(
+            f"a reward component is already named {OVERLONG_COLUMN!r}; rename it to use overlong_buffer"
+        )
+    lengths = batch.action_mask.bool().sum(1).cpu()
+    pen = overlong_penalty(lengths, int(max_length), int(buffer), float(penalty))
+    return type(table)(
+        total=(table.total.double() + pen.double()).float(),
+        components={**table.components, OVERLONG_COLUMN: pen},
+        weights={**table.weights, OVERLONG_COLUMN: 1.0},
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # KL coefficient controllers
 

@@ -271,20 +271,46 @@ class Tracker:
         self.client.log_dict(self.run_id, raw, artifact_file)
         return params
 
-    def log_metrics(self, metrics: dict[str, float], *, step: int) -> None:
-        """Every metric at `step` (the iteration), names made MLflow-safe."""
+    def log_metrics(self, metrics: dict[str, float], *, step: int, only_new: bool = False) -> None:
+        """Every metric at `step` (the iteration), names made MLflow-safe.
+
+        only_new: skip metrics that already have a point at `step`. A run killed after logging
+        an iteration and before completing it redoes that iteration on resume; MLflow cannot
+        delete a point, so logging again would leave two at one step (issue 12). The first
+        attempt's values stand: resume is exact (same checkpoint, seeds and batch), so they
+        are the redone iteration's values, wall times aside. Costs one history query per
+        metric already logged, so the pipeline asks for it on resumed runs only.
+        """
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
+        logged = self._keys_at_step(int(step)) if only_new else set()
         items = []
         for k, v in metrics.items():
             try:
                 x = float(v)
             except (TypeError, ValueError):
                 raise TypeError(f"metric {k!r} is not a number: {v!r}") from None
-            items.append(Metric(safe_metric_name(k), x, ts, int(step)))
-        for i in range(0, len(items), METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
+            key = safe_metric_name(k)
+            if key not in logged:
+                items.append(Metric(key, x, ts, int(step)))
+        with self._writing():
+            for i in range(0, len(items), METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_BATCH])
+
+    def _writing(self):
+        """A full disk under the embedded store is reported naming mlflow.db (gae.errors.writing)."""
+        from gae.errors import writing
+
+        embedded = tracking_uri(self.data_dir) == f"sqlite:///{self.data_dir.mlflow_db}"
+        return writing(self.data_dir.mlflow_db) if embedded else contextlib.nullcontext()
+
+    def _keys_at_step(self, step: int) -> set[str]:
+        """Metric keys of the run that have a point at `step`."""
+        present = self.client.get_run(self.run_id).data.metrics
+        return {
+            k for k in present if any(m.step == step for m in self.client.get_metric_history(self.run_id, k))
+        }
 
     def log_generations(self, rows: list[dict] | Any, *, iteration: int, name: str | None = None) -> str:
         """A table of sample generations (prompt, response, score, components...) for one

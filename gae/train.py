@@ -1,16 +1,25 @@
 """The PPO update over one iteration's rollouts (Schulman et al. 2017), verl's metric names.
 
 One call, `ppo_update`, does what verl's `update_actor` + `update_critic` do for one
-iteration, on one ActorCritic:
+iteration, on one ActorCritic. Its body is these named steps (`gae.ppo_steps`), in this order:
 
-    train_logprobs = score(model, batch)                    # no grad, before any step
-    A = whiten(advantages)                                   # optional, over action tokens
-    for epoch in epochs:                                     # fixed-seed permutation per epoch
-        for mb in minibatches:
-            logp, V, H = score(model, mb)                    # gae.models.score_responses
-            loss = pg(logp, old_logp, A) + vf_coef * vf(V, old_V, R)
-                   - entropy_coef * H + kl_coef * k3(logp, ref_logp)   # (last: KL placement "loss")
-            AdamW step after clipping the gradient norm
+    train_logprobs = score_rollout(model, batch)             # 1. score: no grad, before any step
+    A = prepare_advantages(advantages)                        # 2. advantages: whiten over action tokens
+    for epoch, mb in minibatch_schedule(B):                   # fixed-seed permutation per epoch
+        N = loss_denominators(mask[mb])                       # action tokens, non-empty rows (global in DP)
+        for mu in micro batches of mb:                        # gradient accumulation
+            logp, V, H = score(model, mu)                     # gae.models.score_responses
+            pg, kl = policy_objective(logp, old_logp, A, H)   # 3. clip surrogate - c_H H; c_KL k(logp, ref_logp)
+            vf = value_objective(V, old_V, R)                 # 4. c_V * clipped value loss
+            backward(joint_loss(pg, kl, vf) * share of N      #    micro_batch_weights
+                     + c_NLL * positive_nll(logp))            #    VAPO, over N's positive tokens
+        optimizer_step()                                      # 5. clip grad norm, AdamW (unless target KL hit)
+
+Options from recent papers, each one line of the sketch: `ratio_level="sequence"` swaps the
+token ratio in step 3 for GSPO's per-sequence ratio; `positive_nll_coef` adds VAPO's NLL on
+responses scoring at least `positive_score_threshold`; `loss_rows` (DAPO's dynamic sampling)
+shrinks the mask every step uses; `train_policy=False` (value pretraining, `gae.value_pretrain`)
+makes every iteration a critic-only one.
 
 `old_logp` is the rollout's log-prob, produced by the same `score_responses`, so the
 ratio is exactly 1 on the first minibatch: any drift between the rollout engine and the
@@ -26,15 +35,30 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gae.device import autocast
-from gae.losses import AggMode, entropy_loss, explained_variance, kl_loss, policy_loss, value_loss
-from gae.masked import masked_mean, masked_whiten
+from gae.losses import AggMode, RatioLevel, explained_variance, positive_nll_loss
+from gae.masked import masked_mean
+from gae.ppo_steps import (
+    ReduceFn,
+    ScoreFn,
+    joint_loss,
+    loss_denominators,
+    micro_batch_weights,
+    micro_batches,
+    minibatch_schedule,
+    optimizer_step,
+    policy_objective,
+    prepare_advantages,
+    reduce_metrics,
+    score,
+    score_rollout,
+    value_objective,
+)
 
 
 class PPOConfig(BaseModel):
@@ -118,13 +142,48 @@ class PPOConfig(BaseModel):
         description="Rows per forward/backward pass inside a minibatch (gradient accumulation, verl's "
         "micro batch): memory scales with it, the step does not change. None: the whole minibatch.",
     )
+    # --- issue 15: the loss modes of GSPO and VAPO, and VC-PPO's value pretraining
+    ratio_level: RatioLevel = Field(
+        "token",
+        description="Importance ratio of the clipped surrogate: token (PPO) or sequence (GSPO, arXiv "
+        "2507.18071: the geometric mean of a response's token ratios, clipped per sequence). sequence "
+        "defaults clip_low/clip_high to GSPO's 3e-4/4e-4 and loss_agg to seq-mean-token-mean unless set.",
+    )
+    positive_nll_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of VAPO's positive-example LM loss (arXiv 2504.05118; 0.1 there): NLL of the "
+        "tokens of responses whose score is >= positive_score_threshold, averaged over those tokens.",
+    )
+    positive_score_threshold: float = Field(
+        1.0, description="A response is a positive example when its sequence score is >= this."
+    )
+    value_pretrain_iterations: int = Field(
+        0,
+        ge=0,
+        description="Critic-only iterations before PPO (VC-PPO, arXiv 2503.01491), on rollouts of the frozen "
+        "initial policy with lambda = 1 (Monte-Carlo) targets; not counted in `iterations`. Unlike "
+        "critic_warmup_iterations (critic-only PPO iterations on the configured lambda, whose targets "
+        "bootstrap from the untrained critic itself), the targets here do not depend on the critic.",
+    )
 
+    @model_validator(mode="after")
+    def _gspo_defaults(self) -> PPOConfig:
+        # GSPO's ratio is a geometric mean over a whole response: PPO's 0.2 would never clip it.
+        # The paper's ranges and sequence-mean aggregation apply unless the user set them.
+        if self.ratio_level == "sequence":
+            unset = {"clip_low": 3e-4, "clip_high": 4e-4, "loss_agg": "seq-mean-token-mean"}
+            for name, value in unset.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)  # now in model_fields_set: a reload keeps it
+        return self
 
-ScoreFn = Callable[..., object]
 
 # Loss metrics that are aggregates under `loss_agg`: over micro batches they combine with the
-# loss's weights; the others are means over action tokens and combine by token share.
+# loss's weights; the others are means over action tokens and combine by token share, except
+# SUM_METRICS, already divided by the minibatch's own denominator (they add up as they are).
 AGG_METRICS = frozenset({"actor/pg_loss", "critic/vf_loss", "actor/entropy", "actor/kl_loss"})
+SUM_METRICS = frozenset({"actor/positive_nll"})
 
 
 def _default_score_fn() -> ScoreFn:
@@ -188,16 +247,10 @@ def _check_inputs(batch, advantages: torch.Tensor, returns: torch.Tensor) -> Non
             raise ValueError(f"ppo_update: {name} holds NaN or inf on action tokens")
 
 
-def _score(score_fn, model, batch, idx, *, compute_entropy: bool):
-    out = score_fn(
-        model,
-        batch.prompt_tokens[idx],
-        batch.prompt_mask[idx],
-        batch.response_tokens[idx],
-        batch.action_mask[idx],
-        compute_entropy=compute_entropy,
-    )
-    return out.logprobs, out.values, out.entropy
+def _rows(x, B: int, device, name: str = "loss_rows") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (B,):
+        raise ValueError(f"ppo_update: {name} must be a ({B},) tensor, got {getattr(x, 'shape', type(x))}")
+    return x.to(device)
 
 
 def ppo_update(
@@ -216,6 +269,10 @@ def ppo_update(
     iteration: int = 0,
     total_iterations: int | None = None,
     score_fn: ScoreFn | None = None,
+    reduce_sum: ReduceFn | None = None,
+    scores: torch.Tensor | None = None,
+    loss_rows: torch.Tensor | None = None,
+    train_policy: bool = True,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """One iteration's PPO update of `model` in place.
 
@@ -232,6 +289,22 @@ def ppo_update(
         iteration, total_iterations: for the learning-rate schedule, the minibatch seed and
             the critic warm-up.
         score_fn: defaults to gae.models.score_responses (the rollout's own scorer).
+        reduce_sum: for data-parallel callers, where `batch` is this rank's shard and every
+            rank runs the same number of minibatches and micro batches: returns the sum of a
+            tensor over ranks (e.g. `dist.all_reduce(t); return t`). It is applied to each
+            minibatch's loss denominators (`loss_denominators`: every rank divides by the global
+            action-token and non-empty-row counts), to the minibatch's metric partial sums (the
+            target-KL stop and the logged numbers are global) and to the gradients before
+            clipping (so do not also wrap the model in DDP, which would average them). None:
+            this process holds the whole minibatch.
+        scores: (B,) sequence scores; needed when `cfg.positive_nll_coef > 0` (rows scoring
+            >= `cfg.positive_score_threshold` are VAPO's positive examples).
+        loss_rows: (B,) bool, the rows that enter the losses (DAPO's dynamic sampling drops the
+            rows of zero-variance groups: they carry no signal and would dilute the token
+            mean); None: all. Whitening, denominators and every loss use only these rows;
+            train_logprobs still covers every row. With no row left, no step is taken.
+        train_policy: False trains the critic only (value pretraining): like a warm-up
+            iteration, the policy's parameters take no step.
 
     Returns:
         (metrics, train_logprobs): metrics with verl's names (floats); train_logprobs (B, T)
@@ -246,15 +319,20 @@ def ppo_update(
     device = next(model.parameters()).device
     if batch.action_mask.device != device:
         batch = batch.to(device)
-    mask = batch.action_mask.bool()
+    action_mask = batch.action_mask.bool()  # every generated token: train_logprobs covers these
     B = batch.batch_size
-    advantages = advantages.to(device=device, dtype=torch.float32)
+    mask = action_mask if loss_rows is None else action_mask & _rows(loss_rows, B, device)[:, None]
+    positive = None
+    if cfg.positive_nll_coef > 0 and train_policy:
+        if scores is None:
+            raise ValueError("ppo_update: positive_nll_coef > 0 needs the batch's sequence scores (B,)")
+        positive = mask & (_rows(scores, B, device, "scores") >= cfg.positive_score_threshold)[:, None]
     returns = returns.to(device=device, dtype=torch.float32)
     old_values = batch.values.float()
     old_logprobs = batch.logprobs.float()
-    if cfg.whiten_advantages and int(mask.sum()) >= 2:
-        advantages = masked_whiten(advantages, mask)
-    warmup = train_critic and iteration < cfg.critic_warmup_iterations
+    if not train_policy and not train_critic:
+        raise ValueError("ppo_update: train_policy=False with train_critic=False would train nothing")
+    warmup = train_critic and (not train_policy or iteration < cfg.critic_warmup_iterations)
     kl_in_loss = kl_placement == "loss" and kl_coef > 0
 
     factor = lr_factor(iteration, cfg, total_iterations)
@@ -268,18 +346,20 @@ def ppo_update(
     was_training = model.training
     model.eval()  # dropout off: ratio 1 at the first minibatch needs the rollout's exact forward
     metrics: dict[str, float] = {}
-    train_logprobs = torch.zeros(B, mask.shape[1], dtype=torch.float32, device=device)
-    n_mb = min(cfg.minibatches, B)
+
+    # 1. score: the trainer's view of the rollout policy, before any step
+    scoring = {"score_fn": score_fn, "micro_batch_rows": cfg.micro_batch_rows, "bf16": cfg.bf16}
+    train_logprobs = torch.zeros(B, action_mask.shape[1], dtype=torch.float32, device=device)
     t0 = time.perf_counter()
     if cfg.score_before_update:
-        with torch.no_grad():
-            for idx in torch.arange(B, device=device).tensor_split(n_mb):
-                # in micro batches too: the pre-pass must fit wherever the update does
-                for mi in idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,):
-                    with autocast(device, bf16=cfg.bf16):
-                        lp, _, _ = _score(score_fn, model, batch, mi, compute_entropy=False)
-                    train_logprobs[mi] = lp.float()
+        n_mb = min(cfg.minibatches, B)
+        chunks = torch.arange(B, device=device).tensor_split(n_mb)
+        score_rollout(model, batch, chunks, train_logprobs, **scoring)
     metrics["timing_s/old_log_prob"] = time.perf_counter() - t0
+
+    # 2. advantages: whitened over the batch's action tokens
+    advantages = advantages.to(device=device, dtype=torch.float32)
+    advantages = prepare_advantages(advantages, mask, whiten=cfg.whiten_advantages)
 
     scored = torch.zeros(B, dtype=torch.bool, device=device)  # rows with train_logprobs
     sums: dict[str, float] = defaultdict(float)
@@ -287,111 +367,107 @@ def ppo_update(
     steps = skipped = 0
     stopped = False
     first_ratio_max_dev = float("nan")
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
     t_update = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(B, generator=gen).to(device)
-        for k, idx in enumerate(perm.tensor_split(n_mb)):
+    schedule = minibatch_schedule(
+        B,
+        epochs=cfg.epochs,
+        minibatches=cfg.minibatches,
+        seed=cfg.seed * 1_000_003 + iteration,
+        device=device,
+    )
+    if not bool(mask.any()):
+        schedule = iter(())  # every row dropped (dynamic sampling): nothing to learn from
+    for epoch, k, idx in schedule:
+        optimizer.zero_grad(set_to_none=True)
+        mb_metrics: dict[str, float] = defaultdict(float)
+        total_loss = 0.0
+        denoms = loss_denominators(
+            mask[idx], reduce_sum, positive=positive[idx] if positive is not None else None
+        )
+        for mi in micro_batches(idx, cfg.micro_batch_rows):
+            m = mask[mi]
+            w_tok, w_agg = micro_batch_weights(m, denoms, cfg.loss_agg)
+            with autocast(device, bf16=cfg.bf16):
+                logp, values, entropy = score(score_fn, model, batch, mi, compute_entropy=True)
+            logp, values, entropy = logp.float(), values.float(), entropy.float()
+            if epoch == 0 and not cfg.score_before_update:
+                train_logprobs[mi] = logp.detach().float()
+                scored[mi] = True
+            if epoch == 0 and k == 0:
+                with torch.no_grad():
+                    dev = (logp.detach() - old_logprobs[mi]).abs()
+                    dev = float(torch.where(m, dev, torch.zeros_like(dev)).max())
+                    first_ratio_max_dev = (
+                        dev if math.isnan(first_ratio_max_dev) else max(first_ratio_max_dev, dev)
+                    )
+            # 3. policy loss (clipped surrogate, entropy bonus, KL when it sits in the loss)
+            kl = (kl_coef, batch.ref_logprobs[mi].float(), kl_estimator, kl_clamp)
+            pg, kl_term, chunk_m = policy_objective(
+                logp,
+                entropy,
+                old_logprobs[mi],
+                advantages[mi],
+                m,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                dual_clip=cfg.dual_clip,
+                entropy_coef=cfg.entropy_coef,
+                agg=cfg.loss_agg,
+                kl=kl if kl_in_loss and not warmup else None,
+                ratio_level=cfg.ratio_level,
+            )
+            # 4. value loss
+            vf, vf_m = value_objective(
+                values,
+                old_values[mi],
+                returns[mi],
+                m,
+                clip=cfg.value_clip,
+                vf_coef=cfg.vf_coef,
+                agg=cfg.loss_agg,
+            )
+            chunk_m.update(vf_m)
+            loss = joint_loss(pg, kl_term, vf, train_policy=not warmup, train_critic=train_critic)
+            scaled = loss * w_agg
+            if positive is not None and not warmup:
+                # VAPO's positive-example NLL: already divided by the minibatch's positive tokens
+                nll, nll_m = positive_nll_loss(logp, positive[mi], denominator=denoms.positive_tokens)
+                scaled = scaled + cfg.positive_nll_coef * nll
+                chunk_m.update(nll_m)
+            scaled.backward()
+            total_loss += float(scaled.detach()) if positive is not None else float(loss.detach()) * w_agg
+            # the aggregated losses add up like the loss; the per-token rates by token share
+            for key, val in chunk_m.items():
+                w = 1.0 if key in SUM_METRICS else w_agg if key in AGG_METRICS else w_tok
+                mb_metrics[key] += val * w
+        mb_metrics["actor/total_loss"] = total_loss
+        if reduce_sum is not None:
+            mb_metrics = reduce_metrics(mb_metrics, reduce_sum, device)
+        if cfg.target_kl is not None and not warmup and mb_metrics["actor/approx_kl"] > cfg.target_kl:
+            # Checked before stepping (stricter than cleanrl's end-of-epoch check): no step
+            # is taken on a minibatch that has already left the trust region.
             optimizer.zero_grad(set_to_none=True)
-            mb_metrics: dict[str, float] = defaultdict(float)
-            total_loss = 0.0
-            # Gradient accumulation over micro batches: each one's aggregated loss is scaled by
-            # its share of the minibatch's denominator (action tokens for token-mean, non-empty
-            # rows for the sequence means), so the summed gradient is the whole minibatch's; a
-            # plain mean over micro batches would reweight tokens (the normalisation bug of
-            # gradient accumulation in HF Trainer, transformers#34191).
-            n_tok = max(int(mask[idx].sum()), 1)
-            n_rows = max(int(mask[idx].any(-1).sum()), 1)
-            chunks = idx.split(cfg.micro_batch_rows) if cfg.micro_batch_rows else (idx,)
-            for mi in chunks:
-                m = mask[mi]
-                w_tok = float(m.sum()) / n_tok
-                w_agg = w_tok if cfg.loss_agg == "token-mean" else float(m.any(-1).sum()) / n_rows
-                with autocast(device, bf16=cfg.bf16):
-                    logp, values, entropy = _score(score_fn, model, batch, mi, compute_entropy=True)
-                logp, values, entropy = logp.float(), values.float(), entropy.float()
-                if epoch == 0 and not cfg.score_before_update:
-                    train_logprobs[mi] = logp.detach().float()
-                    scored[mi] = True
-                pg, pg_m = policy_loss(
-                    logp,
-                    old_logprobs[mi],
-                    advantages[mi],
-                    m,
-                    clip_low=cfg.clip_low,
-                    clip_high=cfg.clip_high,
-                    dual_clip=cfg.dual_clip,
-                    agg=cfg.loss_agg,
-                )
-                if epoch == 0 and k == 0:
-                    with torch.no_grad():
-                        dev = (logp.detach() - old_logprobs[mi]).abs()
-                        dev = float(torch.where(m, dev, torch.zeros_like(dev)).max())
-                        first_ratio_max_dev = (
-                            dev if math.isnan(first_ratio_max_dev) else max(first_ratio_max_dev, dev)
-                        )
-                vf, vf_m = value_loss(
-                    values, old_values[mi], returns[mi], m, clip=cfg.value_clip, agg=cfg.loss_agg
-                )
-                ent, ent_m = entropy_loss(entropy, m, agg=cfg.loss_agg)
-                chunk_m = {**pg_m, **vf_m, **ent_m}
-                if warmup:
-                    loss = cfg.vf_coef * vf
-                else:
-                    loss = pg - cfg.entropy_coef * ent
-                    if train_critic:  # else the value head gets no gradient (AdamW skips it)
-                        loss = loss + cfg.vf_coef * vf
-                    if kl_in_loss:
-                        kl, kl_m = kl_loss(
-                            logp,
-                            batch.ref_logprobs[mi].float(),
-                            m,
-                            agg=cfg.loss_agg,
-                            estimator=kl_estimator,
-                            clamp=kl_clamp,
-                        )
-                        loss = loss + kl_coef * kl
-                        chunk_m.update(kl_m)
-                (loss * w_agg).backward()
-                total_loss += float(loss.detach()) * w_agg
-                # the aggregated losses add up like the loss; the per-token rates by token share
-                for key, val in chunk_m.items():
-                    mb_metrics[key] += val * (w_agg if key in AGG_METRICS else w_tok)
-            if cfg.target_kl is not None and not warmup and mb_metrics["actor/approx_kl"] > cfg.target_kl:
-                # Checked before stepping (stricter than cleanrl's end-of-epoch check): no step
-                # is taken on a minibatch that has already left the trust region.
-                optimizer.zero_grad(set_to_none=True)
-                stopped = True
-                break
-            if warmup:  # the policy's parameters take no step (AdamW skips grad None)
-                for p in all_params:
-                    if id(p) in actor_ids:
-                        p.grad = None
-            params = [p for p in all_params if p.grad is not None]
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
-            if math.isfinite(grad_norm):
-                optimizer.step()
-                steps += 1
-            else:  # a non-finite gradient would poison AdamW's moments for good (verl skips too)
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            mb_metrics["actor/grad_norm"] = grad_norm
-            mb_metrics["actor/total_loss"] = total_loss
-            for key, val in mb_metrics.items():
-                sums[key] += val
-                counts[key] += 1
-        if stopped:
+            stopped = True
             break
+        # 5. step (warm-up: the policy's parameters take none)
+        grad_norm, stepped = optimizer_step(
+            optimizer,
+            all_params,
+            frozen=actor_ids if warmup else set(),
+            max_grad_norm=cfg.max_grad_norm,
+            reduce_sum=reduce_sum,
+        )
+        steps += stepped
+        skipped += not stepped
+        mb_metrics["actor/grad_norm"] = grad_norm
+        for key, val in mb_metrics.items():
+            sums[key] += val
+            counts[key] += 1
     if not cfg.score_before_update and not bool(scored.all()):
         # an early stop left rows of the first epoch unvisited: score them now (no grad), so the
         # store's train_logprob is the trainer's view, not a 0.0 that reads as probability 1
-        with torch.no_grad():
-            rest = (~scored).nonzero().squeeze(1)
-            for mi in rest.split(cfg.micro_batch_rows or max(1, len(rest))):
-                with autocast(device, bf16=cfg.bf16):
-                    lp, _, _ = _score(score_fn, model, batch, mi, compute_entropy=False)
-                train_logprobs[mi] = lp.float()
+        rest = (~scored).nonzero().squeeze(1)
+        score_rollout(model, batch, (rest,), train_logprobs, **scoring)
     t_done = time.perf_counter()
     model.train(was_training)
 
@@ -405,16 +481,20 @@ def ppo_update(
     metrics["actor/early_stopped"] = float(stopped)
     metrics["actor/critic_warmup"] = float(warmup)
     metrics["actor/first_minibatch_max_abs_log_ratio"] = first_ratio_max_dev
+    if loss_rows is not None:
+        metrics["actor/loss_rows_frac"] = float(mask.any(-1).sum()) / max(1, int(action_mask.any(-1).sum()))
+    if positive is not None:
+        metrics["actor/positive_frac"] = float(positive.any(-1).sum()) / max(1, int(mask.any(-1).sum()))
     with torch.no_grad():
         diff = (train_logprobs.exp() - old_logprobs.exp()).abs()
-        diff = torch.where(mask, diff, torch.zeros_like(diff))
+        diff = torch.where(action_mask, diff, torch.zeros_like(diff))
         metrics["training/rollout_probs_diff_max"] = float(diff.max()) if diff.numel() else 0.0
-        metrics["training/rollout_probs_diff_mean"] = float(masked_mean(diff, mask))
+        metrics["training/rollout_probs_diff_mean"] = float(masked_mean(diff, action_mask))
     # One joint backward updates actor and critic together; the time is reported under the
     # part that trained (warm-up iterations train only the critic).
     metrics["timing_s/update_critic" if warmup else "timing_s/update_actor"] = t_done - t_update
     metrics["timing_s/update"] = time.perf_counter() - t_start
-    train_logprobs = torch.where(mask, train_logprobs, torch.zeros_like(train_logprobs))
+    train_logprobs = torch.where(action_mask, train_logprobs, torch.zeros_like(train_logprobs))
     return metrics, train_logprobs.detach().float()
 
 

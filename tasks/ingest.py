@@ -48,9 +48,16 @@ def ingest_task(
     get_run_logger().info("%s", summary.render())
     # per-file rows stay in the database (`gae query ingests`); the result keeps the totals
     out = summary.model_dump(mode="json", exclude={"sources"})
-    con = db.connect(data_dir, views=False)
-    try:
-        fingerprint.record(con, fp, out["ingest_id"], out)
-    finally:
-        con.close()
+    if summary.files_failed:
+        # not recorded as read: a file made readable again (chmod) keeps its size and modification time,
+        # and the next run must read it rather than skip the corpus
+        get_run_logger().warning(
+            "%d files could not be read and were quarantined whole", summary.files_failed
+        )
+    else:
+        con = db.connect(data_dir, views=False)
+        try:
+            fingerprint.record(con, fp, out["ingest_id"], out)
+        finally:
+            con.close()
     return {**out, "skipped": False, "corpus_id": out["ingest_id"]}

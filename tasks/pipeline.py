@@ -126,10 +126,12 @@ def _partition_files(root: Path, table: str, run_id: str, iteration: int) -> Pat
 
 def resume_key(config: dict) -> dict:
     """The settings that make a run what it is: a rerun with the same ones resumes it. Where the
-    data lives, the device, the rollout chunk size (samples do not depend on it: per-row seeds)
-    and whether or under which name the policy is registered do not change the run."""
+    data lives, the device, the rollout chunk size and decode loop (samples do not depend on them:
+    per-row seeds) and whether or under which name the policy is registered do not change the run."""
+    from gae.rollout import EXECUTION_FIELDS
+
     key = {k: v for k, v in config.items() if k not in ("data_dir", "resume", "device")}
-    key["rollout"] = {k: v for k, v in config.get("rollout", {}).items() if k != "batch_size"}
+    key["rollout"] = {k: v for k, v in config.get("rollout", {}).items() if k not in EXECUTION_FIELDS}
     key["registry"] = {"experiment": config.get("registry", {}).get("experiment")}
     return key
 
@@ -240,7 +242,8 @@ def log_iteration(
     tracker = Tracker.start(
         data_dir, run_id=run["run_id"], experiment=experiment, mlflow_run_id=run["mlflow_run_id"]
     )
-    tracker.log_metrics(metrics, step=iteration)
+    # A resumed run redoes the iteration it was killed in, which may have been logged already.
+    tracker.log_metrics(metrics, step=iteration, only_new=bool(run.get("resumed")))
     if samples:
         tracker.log_generations(samples, iteration=iteration, name=label)
     uri = tracking_uri(data_dir)

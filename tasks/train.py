@@ -92,6 +92,10 @@ def train_iteration(
 
     batch = RolloutBatch.load(batch_dir, device=dev)
     adv = load_advantages(advantages_path, device=dev)
+    meta = advantages_meta(advantages_path)
+    scores_file = Path(batch_dir) / SCORES_FILE
+    scores = ScoreTable.load(scores_file) if scores_file.exists() else None
+    loss_rows = adv["loss_rows"].bool() if "loss_rows" in adv else None  # DAPO dynamic sampling
     t_load = time.perf_counter() - t0
     metrics, train_lp = ppo_update(
         model,
@@ -105,13 +109,14 @@ def train_iteration(
         kl_estimator=shaping.kl.estimator,
         kl_clamp=shaping.kl.clamp,
         # critic-free estimators (GRPO, RLOO, ...) leave the value function alone
-        train_critic=advantages_meta(advantages_path).get("needs_critic", "true") == "true",
+        train_critic=meta.get("needs_critic", "true") == "true",
         iteration=iteration,
         total_iterations=total_iterations,
+        scores=scores.total.to(dev) if scores is not None else None,
+        loss_rows=loss_rows,
     )
-    scores_file = Path(batch_dir) / SCORES_FILE
-    if scores_file.exists():
-        scores = ScoreTable.load(scores_file)
+    metrics.update(json.loads(meta.get("metrics", "{}")))  # the advantage step's statistics
+    if scores is not None:
         metrics.update(
             data_metrics(
                 batch,

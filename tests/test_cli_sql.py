@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def data_dir(tmp_path_factory):
     res = runner.invoke(app, ["ingest", str(root), "--data-dir", str(d)])
     assert res.exit_code == 0, res.output
     assert "3 records" in res.output and "inserted     2 documents" in res.output
-    assert "malformed_json  1" in res.output
+    assert re.search(r"malformed_json +1\b", res.output), res.output
     return d
 
 

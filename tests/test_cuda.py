@@ -187,8 +187,19 @@ def test_bench_gpu_cpu_dry_run(tmp_path):
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     text = out.read_text()
-    for heading in ("Copy bandwidth", "GAE, float32", "Rollout generation", "by stage", "Pipeline: smoke"):
+    for heading in (
+        "Copy bandwidth",
+        "GAE, float32",
+        "Rollout generation",
+        "by stage",
+        "Pipeline: smoke",
+        "Real model: 0.5B Qwen2 shape",
+    ):
         assert heading in text, heading
+    # section 6 ran every decode method and both PPO variants (none failed, none skipped)
+    assert "FAILED" not in text and "skipped" not in text
+    assert "| 4 | 6-12 | 8 |" in text and "| 8 | 6-12 | 8 |" in text
+    assert "| one pass (chunk_tokens=0) |" in text and "| chunked |" in text
     assert "CPU dry run" in text
     assert "| triton |" in text  # the dry run times the Triton kernel (interpreted), not numba
     assert "`timing_s/step`" in text and "`timing_s/gen`" in text and "`timing_s/update`" in text

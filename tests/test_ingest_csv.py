@@ -10,7 +10,7 @@ import pytest
 
 from gae.db import connect
 from gae.ingest import IngestConfig, ingest
-from gae.ingest.readers import _csv_record_lines
+from gae.ingest.csv_reader import _csv_record_lines
 
 # Lines of the file (CRLF ends; the quoted fields hold LF and CRLF newlines):
 #  1 id,text                      header

@@ -38,12 +38,22 @@ def register(app: typer.Typer) -> None:
         ),
         max_prompts: int = typer.Option(4, help="Prompts cut from one document at most (0: none)."),
         max_chars: int = typer.Option(1_000_000, help="Longer records are quarantined as too_large."),
+        csv_header: bool = typer.Option(
+            None,
+            "--csv-header/--no-csv-header",
+            help="CSV files have a header row / have none. Default: decided per file (DuckDB's sniffer, and "
+            "whether the first row names the text field); where it cannot be told, the file's records are "
+            "quarantined as csv_no_header.",
+            show_default=False,
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Read a corpus into DuckDB: documents (deduplicated), prompts, and a quarantine of bad records.
 
         Re-running on the same files adds nothing. Exit code 0 when the input was read, even with
-        quarantined records (listed by `gae query ingest_errors_by_reason`).
+        quarantined records (listed by `gae query ingest_errors_by_reason`) or files that could not be
+        read at all (quarantined whole; the summary names them). Exit code 1 when writing failed (a
+        full disk): free space and rerun, files already stored add nothing.
         """
         from gae.ingest import IngestConfig, ingest
         from gae.lock import writer_lock
@@ -60,6 +70,7 @@ def register(app: typer.Typer) -> None:
             reference_chars=reference_chars,
             max_prompts_per_document=max_prompts,
             max_chars=max_chars,
+            csv_header=csv_header,
         )
         dd = DataDir.resolve(data_dir)
         dd.root.mkdir(parents=True, exist_ok=True)

@@ -73,10 +73,16 @@ def register(app: typer.Typer) -> None:
         dd = DataDir.resolve(cfg.data_dir)
         dd.root.mkdir(parents=True, exist_ok=True)
         with writer_lock(dd.lock, what="gae run (checking)"):
-            pass
+            from gae.doctor import preflight
+
+            preflight(dd, cfg.run_name)  # a broken database or run state: one line now, not minutes in
 
         from flows.pipeline import rl_pipeline
         from gae.summary import print_run_summary
 
+        if os.environ.get("GAE_DEBUG") != "1":
+            from gae.errors import brief_console_tracebacks
+
+            brief_console_tracebacks()
         result = rl_pipeline(cfg)
         print_run_summary(result, cfg)

@@ -34,16 +34,23 @@ def register(app: typer.Typer) -> None:
         ),
         fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
         max_rows: int = typer.Option(100, help="Rows shown by --format table (csv and json print all)."),
+        allow_external: bool = typer.Option(
+            False,
+            "--allow-external",
+            help="Let the query read files outside the data directory (read_csv, read_parquet, glob of "
+            "your own files). Off by default: only the data directory is readable.",
+        ),
     ) -> None:
-        """Run SQL on the project's database through a read-only connection (writes are refused)."""
+        """Run SQL on the project's database through a read-only connection (writes are refused;
+        files outside the data directory are unreadable unless --allow-external)."""
         _check_format(fmt)
         from gae.db import connect
 
-        con = connect(data_dir, read_only=True, views=False)
+        con = connect(data_dir, read_only=True, views=False, confine=not allow_external)
         try:
             check_query_only(con, query)
             rel = _with_views(con, data_dir, lambda: con.sql(query))
-            _print(rel, fmt, max_rows)
+            _print(rel, fmt, max_rows, data_dir)
         finally:
             con.close()
 
@@ -78,9 +85,9 @@ def register(app: typer.Typer) -> None:
             params[k.strip()] = coerce_param(v)
         if name not in queries:
             raise ValueError(f"no named query {name!r}; `gae query --list` shows them: {', '.join(queries)}")
-        con = connect(data_dir, read_only=True, views=False)
+        con = connect(data_dir, read_only=True, views=False, confine=True)
         try:
-            _print(_with_views(con, data_dir, lambda: run_query(con, name, params)), fmt, max_rows)
+            _print(_with_views(con, data_dir, lambda: run_query(con, name, params)), fmt, max_rows, data_dir)
         finally:
             con.close()
 
@@ -136,36 +143,62 @@ def _with_views(con, data_dir, fn):
     except duckdb.CatalogException:
         register_store_views(con, data_dir)
     except duckdb.Error as exc:
-        raise _clear(exc) from None
-    return _guard(fn)
+        raise _clear(exc, data_dir) from None
+    return _guard(fn, data_dir)
 
 
-def _guard(fn):
-    """Turn DuckDB's read-only refusal into one clear line."""
+def _guard(fn, data_dir=None):
+    """Turn DuckDB's errors into one clear line."""
     import duckdb
 
     try:
         return fn()
     except duckdb.Error as exc:
-        raise _clear(exc) from None
+        raise _clear(exc, data_dir) from None
 
 
-def _clear(exc: Exception) -> RuntimeError:
+_NO_ACCESS = re.compile(r'Cannot access (?:file|directory) "([^"]*)" - file system operations are disabled')
+
+
+# DuckDB's words for a Parquet file it cannot decode; some name no file, so the store is checked.
+_PARQUET_DAMAGE = re.compile(r"parquet|thrift|magic bytes|corrupt", re.IGNORECASE)
+
+
+def _clear(exc: Exception, data_dir=None) -> RuntimeError:
+    from gae.errors import one_line
+
     msg = str(exc)
+    if "the store part" in msg:  # a view over a broken part (gae.store.register_views) says which
+        return RuntimeError(one_line(exc).split("Error: ", 1)[-1])
+    if _PARQUET_DAMAGE.search(msg):
+        from gae.store import TABLES, broken_parts, describe_broken
+
+        for table in TABLES:
+            bad = broken_parts(data_dir, table, full=True)
+            if bad:
+                return RuntimeError(describe_broken(table, bad))
+    denied = _NO_ACCESS.search(msg)
+    if denied:
+        return RuntimeError(
+            f"the query reads {denied.group(1)}, outside the data directory: gae sql reads files under the "
+            "data directory only; pass --allow-external to read your own files"
+        )
+    if "Loading external extensions is disabled" in msg:
+        return RuntimeError("gae sql loads no extensions: " + " ".join(msg.split()))
     if "read-only mode" in msg:
         return RuntimeError(
             "gae sql and gae query are read-only: the statement would change the database and was refused, "
             "nothing was changed (data gets in through `gae ingest` and the pipeline)"
         )
-    return RuntimeError(msg.strip())
+    return RuntimeError(one_line(exc))
 
 
-def _print(rel, fmt: str, max_rows: int) -> None:
+def _print(rel, fmt: str, max_rows: int, data_dir=None) -> None:
     if rel is None:  # a statement without a result (SET, CREATE TEMP ...)
         typer.echo("ok")
         return
     cols = list(rel.columns)
-    rows = _guard(rel.fetchall)
+    rows = _guard(rel.fetchall, data_dir)
     if fmt == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(cols)

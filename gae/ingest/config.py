@@ -23,6 +23,8 @@ REASONS = (
     "empty_text",
     "too_large",
     "unreadable",
+    "csv_no_header",
+    "control_characters",
 )
 BOM = b"\xef\xbb\xbf"
 DEFAULT_CORPUS_URI = "python-stdlib:"
@@ -69,7 +71,20 @@ class IngestConfig(BaseModel):
         8, ge=1, description="Shortest reference; shorter documents give no prompt."
     )
     max_prompts_per_document: int = Field(4, ge=0, description="Passages cut from one document at most.")
-    csv_header: bool = Field(True, description="CSV files start with a header row.")
+    csv_header: bool | None = Field(
+        None,
+        description="CSV files start with a header row (true), have none (false), or either (null: decided "
+        "per file from DuckDB's sniffer and whether the first row names the text field; a file where it "
+        "cannot be told has every record quarantined as csv_no_header).",
+    )
+    max_control_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Records whose text is more than this share of control characters (other than "
+        "whitespace) are quarantined as control_characters: binary data, or UTF-16 read as UTF-8 "
+        "(half NUL bytes). Colourised logs stay well under it.",
+    )
     chunk_bytes: int = Field(
         64 << 20, gt=0, description="JSON lines are staged in chunks of about this many bytes."
     )
@@ -92,6 +107,9 @@ class FileSummary(BaseModel):
     inserted: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    error: str | None = Field(
+        None, description="Why the file could not be read at all: it is one `unreadable` quarantined record."
+    )
 
 
 class IngestSummary(BaseModel):
@@ -102,6 +120,10 @@ class IngestSummary(BaseModel):
     ingest_id: str
     database: str
     files: int = 0
+    files_failed: int = Field(
+        0,
+        description="Files quarantined whole (unreadable: truncated gzip, permission denied); the rest was read.",
+    )
     skipped_files: list[str] = Field(
         default_factory=list, description="Unsupported files met inside folders."
     )
@@ -126,7 +148,12 @@ class IngestSummary(BaseModel):
             f"  duplicates   {self.duplicates}",
             f"  quarantined  {self.quarantined}",
         ]
-        lines += [f"    {reason:<16}{n}" for reason, n in sorted(self.quarantined_by_reason.items())]
+        lines += [f"    {reason:<20}{n}" for reason, n in sorted(self.quarantined_by_reason.items())]
+        if self.files_failed:
+            lines.append(
+                f"  unreadable   {self.files_failed} files quarantined whole (the other files were read):"
+            )
+            lines += [f"    {fs.source}: {fs.error}" for fs in self.sources if fs.error]
         if self.quarantined:
             lines.append("  see them with: gae query ingest_errors_by_reason")
         return "\n".join(lines)

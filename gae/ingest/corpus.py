@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gae.ingest.config import DEFAULT_CORPUS_URI
-from gae.ingest.readers import _stage
+from gae.ingest.staging import _stage
 
 if TYPE_CHECKING:
     import pyarrow as pa

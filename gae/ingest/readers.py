@@ -1,4 +1,5 @@
-"""Inputs and readers: paths to files, files to staged Arrow chunks (the columns classify.sql reads)."""
+"""Inputs and readers: paths to files, files to staged Arrow chunks (the columns classify.sql reads;
+`staging`). CSV has a module of its own (`csv_reader`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gae.ingest.config import BOM, FORMATS, IngestConfig
+from gae.ingest.csv_reader import _csv
+from gae.ingest.staging import _open, _peek, _rows_as_json, _stage
 
 if TYPE_CHECKING:
     import duckdb
-    import numpy as np
     import pyarrow as pa
 
 
@@ -83,55 +85,7 @@ def file_format(path: Path) -> str | None:
     return FORMATS.get(suffixes[-1]) if suffixes else None
 
 
-def _open(path: Path):
-    import pyarrow as pa
-
-    # pyarrow decompresses .gz in C, far faster than Python's gzip module
-    return pa.input_stream(str(path), compression="gzip" if path.suffix.lower() == ".gz" else None)
-
-
 # ---------------------------------------------------------------- staging (readers)
-
-_STAGE_COLS = (
-    "line",
-    "record",
-    "byte_offset",
-    "raw",
-    "body",
-    "is_json",
-    "meta",
-    "reason",
-    "detail",
-    "source",
-)
-
-
-def _stage(n: int, **cols) -> pa.Table:
-    """An Arrow table with the staging columns classify.sql reads; missing columns are null."""
-    import pyarrow as pa
-
-    types = {
-        "line": pa.int64(),
-        "record": pa.int64(),
-        "byte_offset": pa.int64(),
-        "raw": pa.large_binary(),
-        "body": pa.large_string(),
-        "is_json": pa.bool_(),
-        "meta": pa.string(),
-        "reason": pa.string(),
-        "detail": pa.string(),
-        "source": pa.string(),  # null: the unit's default source uri
-    }
-    arrays = []
-    for name in _STAGE_COLS:
-        v = cols.get(name)
-        if v is None:
-            arrays.append(pa.nulls(n, types[name]))
-        elif isinstance(v, pa.Array):
-            arrays.append(v)
-        else:
-            arrays.append(pa.array(v, types[name]))
-    return pa.Table.from_arrays(arrays, names=list(_STAGE_COLS))
 
 
 def _line_chunk(buf: bytes, first_line: int, base_offset: int) -> pa.Table:
@@ -189,12 +143,6 @@ def _jsonl_chunks(path: Path, chunk_bytes: int) -> Iterator[tuple[pa.Table, int]
             yield chunk, len(body)
             line += chunk.num_rows
             offset += len(body)
-
-
-def _peek(path: Path, n: int = 1 << 16) -> bytes:
-    with _open(path) as f:
-        head = f.read(n)
-    return head[3:] if head.startswith(BOM) else head
 
 
 def _first_line(path: Path, limit: int) -> bytes:
@@ -284,171 +232,6 @@ def _json_array(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -
         return _whole_file_error(path, cfg)
 
 
-def _rows_as_json(con: duckdb.DuckDBPyConnection, source_sql: str, params: dict) -> pa.Table:
-    return con.sql(
-        f"""select null::bigint as line, row_number() over () as record, null::bigint as byte_offset,
-                   null::blob as raw, to_json(t)::varchar as body, true as is_json, null::varchar as meta,
-                   null::varchar as reason, null::varchar as detail, null::varchar as source
-            from {source_sql} as t""",
-        params=params,
-    ).to_arrow_table()
-
-
-def _csv(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Table:
-    import duckdb
-    import pyarrow as pa
-
-    with _open(path) as f:
-        data = f.read()
-    con.execute("drop table if exists _csv_rejects")
-    con.execute("drop table if exists _csv_scans")
-    rejects = "store_rejects = true, rejects_table = '_csv_rejects', rejects_scan = '_csv_scans'"
-    params = {"path": str(path), "header": cfg.csv_header}
-    try:
-        if b'"' not in data:  # nothing to misquote: the dialect (a single-quote one too) is sniffed
-            good = _rows_as_json(
-                con, f"read_csv($path, header = $header, all_varchar = true, {rejects})", params
-            )
-        else:
-            # One row with an unbalanced double quote makes the free sniffer settle on a dialect without
-            # quotes, which cuts every good quoted field holding a delimiter or newline into pieces. The
-            # quote is pinned; the delimiter and the escape ('"' doubled, or a backslash) are sniffed.
-            try:
-                good = _rows_as_json(
-                    con,
-                    f"""read_csv($path, header = $header, all_varchar = true, quote = '"', {rejects})""",
-                    params,
-                )
-            except duckdb.Error:
-                # The sniffer finds no dialect with that quote (the unterminated one runs to the end of
-                # its sample): read without it, RFC 4180's escape (a doubled quote), the delimiter and
-                # columns taken from the first record, so the good rows are kept and the bad one is
-                # rejected at its line.
-                delim, columns = _csv_dialect_fallback(data, header=cfg.csv_header)
-                con.execute("drop table if exists _csv_rejects")
-                con.execute("drop table if exists _csv_scans")
-                good = _rows_as_json(
-                    con,
-                    f"""read_csv($path, header = $header, auto_detect = false, delim = $delim, quote = '"',
-                                 escape = '"', columns = $columns, {rejects})""",
-                    {**params, "delim": delim, "columns": columns},
-                )
-    except duckdb.Error as exc:
-        if _is_empty(path):
-            return _stage(0)
-        return _stage(
-            1, raw=[_peek(path, cfg.raw_max_chars)], is_json=[False], reason=["unreadable"], detail=[str(exc)]
-        )
-    bad = con.sql(
-        # DuckDB may report several errors for one line: one quarantined record per line
-        """select line::bigint as line, null::bigint as record, min(byte_position)::bigint as byte_offset,
-                  null::blob as raw, any_value(csv_line)::varchar as body, false as is_json, null::varchar as meta,
-                  case when bool_or(error_type::varchar ilike '%unicode%' or error_type::varchar ilike '%encoding%')
-                       then 'invalid_utf8' else 'malformed_csv' end as reason,
-                  string_agg(distinct error_message, '; ')::varchar as detail, null::varchar as source
-           from _csv_rejects
-           group by line
-           order by line"""
-    ).to_arrow_table()
-    good, bad = _csv_physical_lines(path, good, bad, header=cfg.csv_header, data=data)
-    return pa.concat_tables([good, bad.cast(good.schema)])
-
-
-_CSV_DELIMS = (",", ";", "\t", "|")  # DuckDB's sniffer's candidates
-
-
-def _csv_dialect_fallback(data: bytes, *, header: bool) -> tuple[str, dict[str, str]]:
-    """(delimiter, {column: 'VARCHAR'}) from the first record: the candidate delimiter met most often
-    outside double quotes on the first line (',' on a tie), and the header's names (made unique and
-    non-empty as DuckDB makes them: `a`, `a_1`, `column2`), or column0.. without a header."""
-    import csv
-    import io
-
-    head = data[3:] if data.startswith(BOM) else data
-    first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace")
-    outside = "".join(first_line.split('"')[::2])
-    delim = max(_CSV_DELIMS, key=lambda c: (outside.count(c), c == ","))
-    text = head[: 1 << 20].decode("utf-8", "replace")
-    first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delim, quotechar='"'), [])
-    if not header:
-        return delim, {f"column{i}": "VARCHAR" for i in range(max(len(first), 1))}
-    names: list[str] = []
-    for i, name in enumerate(first):
-        name = name or f"column{i}"
-        base, k = name, 0
-        while name in names:
-            k += 1
-            name = f"{base}_{k}"
-        names.append(name)
-    return delim, {n: "VARCHAR" for n in names or ["column0"]}
-
-
-def _csv_record_lines(path: Path, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(1-based line where each CSV record starts, whether it is blank), for every record of the file in
-    order, blank ones included: records end at a newline outside double quotes (a quoted field may hold
-    newlines; a doubled quote inside one toggles twice, so the parity of the quotes before a newline
-    says whether it is inside a field)."""
-    import numpy as np
-
-    if data is None:
-        with _open(path) as f:
-            data = f.read()
-    a = np.frombuffer(data, np.uint8)
-    nl = np.flatnonzero(a == 10)
-    quotes = np.flatnonzero(a == 34)
-    ends = nl[np.searchsorted(quotes, nl) % 2 == 0]  # newlines outside quotes end records
-    starts = np.concatenate(([0], ends + 1))
-    stops = np.concatenate((ends, [len(a)]))
-    if stops[-1] == starts[-1]:  # the file ends with a newline: no record after it
-        starts, stops = starts[:-1], stops[:-1]
-    lines = np.searchsorted(nl, starts) + 1  # newlines before a record's start, plus one
-    if len(data) and data.startswith(BOM):
-        starts[0] += 3
-    n = stops - starts
-    blank = (n == 0) | ((n == 1) & (a[np.minimum(starts, max(len(a) - 1, 0))] == 13))
-    return lines, blank
-
-
-def _csv_physical_lines(
-    path: Path, good: pa.Table, bad: pa.Table, *, header: bool, data: bytes | None = None
-) -> tuple[pa.Table, pa.Table]:
-    """Good CSV rows get the line where they start; quarantined ones the line instead of DuckDB's row count.
-
-    DuckDB's reader numbers rows (header and blank rows included) and reports that number as the
-    `line` of a rejected row; a quoted field spanning lines makes it differ from the line in the file.
-    The records found by `_csv_record_lines` map both: DuckDB row r is record r, and the good rows are
-    the records that are neither the header, blank nor rejected, in order. Where the counts disagree
-    (a dialect the quote scan does not model: another quote character, a backslash escape before a
-    newline, lone \r line ends), the lines are left as DuckDB gave them: null rather than wrong.
-    """
-    import numpy as np
-    import pyarrow as pa
-
-    lines, blank = _csv_record_lines(path, data)
-    given = bad.column("line").to_pylist()
-    if None in given:
-        return good, bad
-    rejected = np.asarray(given, dtype=np.int64) - 1
-    if len(rejected) and (rejected.min() < 0 or rejected.max() >= len(lines)):
-        return good, bad
-    keep = ~blank
-    keep[rejected] = False
-    if header:
-        first = np.flatnonzero(~blank)
-        if len(first):
-            keep[first[0]] = False
-    good_lines = lines[keep]
-    if len(good_lines) != good.num_rows:
-        return good, bad
-    # by record number (the good rows' ordinal in the file), not by position: the table's row order is not
-    # promised with preserve_insertion_order = false
-    record = np.asarray(good.column("record").to_numpy(zero_copy_only=False), dtype=np.int64)
-    line = good_lines[record - 1]
-    good = good.set_column(good.schema.get_field_index("line"), "line", pa.array(line, pa.int64()))
-    bad = bad.set_column(bad.schema.get_field_index("line"), "line", pa.array(lines[rejected], pa.int64()))
-    return good, bad
-
-
 def _parquet(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> pa.Table:
     import duckdb
 
@@ -465,10 +248,6 @@ def _parquet(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> p
         return _stage(
             1, raw=[_peek(path, cfg.raw_max_chars)], is_json=[False], reason=["unreadable"], detail=[str(exc)]
         )
-
-
-def _is_empty(path: Path) -> bool:
-    return not _peek(path, 1 << 12).strip()
 
 
 _BLANK_RUN = re.compile(rb"\r?\n(?:[ \t]*\r?\n)+")
@@ -549,15 +328,24 @@ def _chunks(con: duckdb.DuckDBPyConnection, path: Path, cfg: IngestConfig) -> It
 
 
 def _text_batch(paths: list[Path], cfg: IngestConfig) -> Iterator[tuple[pa.Table, int]]:
-    """Small text files staged together: one pipeline pass instead of ~20 statements per file."""
+    """Small text files staged together: one pipeline pass instead of ~20 statements per file. A file that
+    cannot be read is staged as one `unreadable` record of its own; the others are read as usual."""
     import pyarrow as pa
 
-    tables = []
+    from gae.ingest.failures import describe, is_read_failure
+
+    tables, nbytes = [], 0
     for p in paths:
-        t = _text(p, cfg)
+        try:
+            t = _text(p, cfg)
+            nbytes += p.stat().st_size
+        except Exception as exc:
+            if not is_read_failure(exc):
+                raise
+            t = _stage(1, is_json=[False], reason=["unreadable"], detail=[describe(exc)])
         tables.append(
             t.set_column(
                 t.schema.get_field_index("source"), "source", pa.array([p.as_uri()] * t.num_rows, pa.string())
             )
         )
-    yield pa.concat_tables(tables), sum(p.stat().st_size for p in paths)
+    yield pa.concat_tables(tables), nbytes

@@ -111,6 +111,67 @@ def _gae_kernel(r, v, m, last_v, gamma, lam, adv, ret):  # pragma: no cover - co
     return -1
 
 
+@njit(inline="always", nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+def _gae2_step(r, v, m, adv, ret, t, g, gla, glc, zero, next_v, a_next, c_next, chk):  # pragma: no cover
+    """`_gae_step` with a second accumulator: the same delta feeds the actor's recursion (gla =
+    gamma * lam_actor) and the critic's (glc = gamma * lam_critic); returns = A_critic + V.
+    The actor's chain is the same float expression as `_gae_step`'s, so equal lambdas give
+    bit-identical outputs."""
+    rt = r[t]
+    if m[t]:
+        vt = v[t]
+        delta = rt + g * next_v - vt
+        a = delta + gla * a_next
+        c = delta + glc * c_next
+        adv[t] = a
+        ret[t] = c + vt
+        chk += (rt - rt) + (vt - vt)
+        return vt, a, c, chk
+    adv[t] = zero
+    ret[t] = zero
+    chk += abs(rt)
+    return next_v, a_next, c_next, chk
+
+
+@njit(fastmath={"contract"}, **_HOT)
+def _gae_rows_kernel(r, v, m, last_v, gamma, gl_a, gl_c, adv, ret):  # pragma: no cover - compiled
+    """Per-row, decoupled GAE: `gl_a[b]` = gamma * lam_actor[b], `gl_c[b]` = gamma * lam_critic[b]
+    (B,) arrays in the inputs' dtype. Two rows per iteration as in `_gae_kernel`: four
+    independent chains (two accumulators of two rows) in flight. Returns the first bad row or -1."""
+    B, T = r.shape
+    g = r.dtype.type(gamma)
+    zero = r.dtype.type(0)
+    b = 0
+    while b + 1 < B:
+        r0, v0, m0, adv0, ret0 = r[b], v[b], m[b], adv[b], ret[b]
+        r1, v1, m1, adv1, ret1 = r[b + 1], v[b + 1], m[b + 1], adv[b + 1], ret[b + 1]
+        la0, lc0, la1, lc1 = gl_a[b], gl_c[b], gl_a[b + 1], gl_c[b + 1]
+        nv0, nv1 = last_v[b], last_v[b + 1]
+        a0 = a1 = c0 = c1 = zero
+        chk0, chk1 = nv0 - nv0, nv1 - nv1
+        for i in range(T):
+            t = np.uintp(T - 1 - i)
+            nv0, a0, c0, chk0 = _gae2_step(r0, v0, m0, adv0, ret0, t, g, la0, lc0, zero, nv0, a0, c0, chk0)
+            nv1, a1, c1, chk1 = _gae2_step(r1, v1, m1, adv1, ret1, t, g, la1, lc1, zero, nv1, a1, c1, chk1)
+        if chk0 != zero:
+            return b
+        if chk1 != zero:
+            return b + 1
+        b += 2
+    if b < B:
+        rb, vb, mb, advb, retb = r[b], v[b], m[b], adv[b], ret[b]
+        la, lc = gl_a[b], gl_c[b]
+        nv = last_v[b]
+        a = c = zero
+        chk = nv - nv
+        for i in range(T):
+            t = np.uintp(T - 1 - i)
+            nv, a, c, chk = _gae2_step(rb, vb, mb, advb, retb, t, g, la, lc, zero, nv, a, c, chk)
+        if chk != zero:
+            return b
+    return -1
+
+
 @njit(fastmath={"reassoc", "contract"}, **_HOT)
 def _masked_sums(x, m, shift):  # pragma: no cover - compiled
     """Sum and sum of squares of (x - shift) over masked entries, in float64.
@@ -246,17 +307,31 @@ def _check_out(name: str, o: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return o
 
 
+def _gl(gamma: float, lam, B: int, dtype: np.dtype) -> np.ndarray:
+    """gamma * lam per row, multiplied in float64 and rounded once to the compute dtype (what
+    `r.dtype.type(gamma * lam)` does for a Python float lambda)."""
+    lam64 = lam.detach().double().cpu().numpy() if isinstance(lam, torch.Tensor) else np.full(B, float(lam))
+    return np.ascontiguousarray((float(gamma) * lam64).astype(dtype))
+
+
 def gae_cpu(
     rewards: torch.Tensor,
     values: torch.Tensor,
     mask: torch.Tensor,
     last_value: torch.Tensor,
     gamma: float,
-    lam: float,
+    lam: float | torch.Tensor,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    lam_critic: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
     """Run the kernel. Inputs are CPU tensors of one float dtype (float32 or float64),
     `mask` bool, `last_value` shaped (B,). Returns (advantages, returns, (code, b, t)).
+
+    `lam` is a float or a (B,) tensor of per-row lambdas; `lam_critic` (float or (B,)) the
+    lambda of the returns, None for `lam`. A float `lam` without `lam_critic` runs the
+    single-accumulator `_gae_kernel`; anything else `_gae_rows_kernel` (two accumulators,
+    one pass). Lambdas are taken as valid ([0, 1]; `gae.advantages` checks them).
 
     `out=(advantages, returns)`: contiguous tensors of the inputs' shape and dtype to
     write into instead of fresh ones (a training loop that keeps its buffers skips the
@@ -268,7 +343,12 @@ def gae_cpu(
     else:
         adv, ret = (_check_out(n, o, rewards) for n, o in zip(("out[0]", "out[1]"), out, strict=True))
     r, v, m, lv = _np(rewards), _np(values), _np(mask), _np(last_value)
-    b = int(_gae_kernel(r, v, m, lv, float(gamma), float(lam), adv.numpy(), ret.numpy()))
+    if lam_critic is None and not isinstance(lam, torch.Tensor):
+        b = int(_gae_kernel(r, v, m, lv, float(gamma), float(lam), adv.numpy(), ret.numpy()))
+    else:
+        gl_a = _gl(gamma, lam, B, r.dtype)
+        gl_c = gl_a if lam_critic is None else _gl(gamma, lam_critic, B, r.dtype)
+        b = int(_gae_rows_kernel(r, v, m, lv, float(gamma), gl_a, gl_c, adv.numpy(), ret.numpy()))
     if b < 0:
         return adv, ret, (OK, -1, -1)
     return adv, ret, _locate(r[b], v[b], m[b], lv[b], b)

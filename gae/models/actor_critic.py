@@ -75,14 +75,30 @@ class ActorCritic(nn.Module):
         token (prompts are left-padded, so it is the same for every row); the time-aware value
         head counts response steps from there (None: from each row's first real token).
         """
+        hidden, values = self.hidden_and_values(
+            input_ids, attention_mask, window=logits_slice, response_start=response_start
+        )
+        return self.actor.logits(hidden), values  # (B, L', V), (B, L)
+
+    def hidden_and_values(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        window: slice | None = None,
+        response_start: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The policy's last hidden states at the `window` positions (B, L', H), not yet projected
+        to the vocabulary (`gae.models.scoring` projects them a chunk at a time), and the values
+        (B, L) float32. Arguments as in `forward`."""
         hidden, _ = self.actor(input_ids, attention_mask, None)  # (B, L, H)
-        logits = self.actor.logits(hidden if logits_slice is None else hidden[:, logits_slice])  # (B, L', V)
+        policy_hidden = hidden if window is None else hidden[:, window]  # (B, L', H)
         if self.critic_trunk is not None:
             hidden, _ = self.critic_trunk(input_ids, attention_mask, None)
         if self.n_time:
             hidden = torch.cat([hidden, self.time_features(hidden, attention_mask, response_start)], -1)
         values = self.value_head(hidden).squeeze(-1)  # (B, L)
-        return logits, values.to(torch.float32)
+        return policy_hidden, values.to(torch.float32)
 
     def time_features(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, response_start: int | None
@@ -109,11 +125,40 @@ class ActorCritic(nn.Module):
         """A decode cache for the actor (generation does not need the critic)."""
         return self.actor.new_cache(batch_size, max_len)
 
-    def decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache):
+    def decode_step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, *, last_only: bool = False
+    ):
         """Policy logits of new positions given a cache: input_ids (B, L), attention_mask (B, cached + L)
-        -> logits (B, L, V), cache (updated in place and returned)."""
+        -> logits (B, L, V) (B, 1, V with `last_only`: a prompt's prefill needs only its last
+        position, and (B, P, V) logits of a 150k vocabulary would dwarf the cache), cache (updated
+        in place and returned)."""
         hidden, cache = self.actor(input_ids, attention_mask, cache)
-        return self.actor.logits(hidden), cache
+        return self.actor.logits(hidden[:, -1:] if last_only else hidden), cache
+
+    # ------------------------------------------------------------- static decoding (gae.decode)
+
+    def static_decode_unsupported(self) -> str | None:
+        """Why the policy cannot decode with a static cache (a CUDA-graph-capturable step), or None."""
+        if not hasattr(self.actor, "forward_static"):
+            return f"arch {self.cfg.arch!r} has no static cache (its decode state is not a KV cache)"
+        check = getattr(self.actor, "static_decode_unsupported", None)
+        return check() if check is not None else None
+
+    def new_static_cache(self, batch_size: int, max_len: int):
+        return self.actor.new_static_cache(batch_size, max_len)
+
+    def static_step(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn_mask: torch.Tensor, cache
+    ) -> torch.Tensor:
+        """Logits of the last of L new positions written into a static cache: input_ids,
+        position_ids (B, L), attn_mask (B, 1, L, max_len) bool -> (B, V)."""
+        hidden = self.actor.forward_static(input_ids, position_ids, attn_mask, cache)  # (B, L, H)
+        return self.actor.logits(hidden[:, -1:])[:, -1]  # (B, V)
+
+    def kv_bytes_per_position(self) -> int:
+        """Decode-cache bytes per row and position (0 for a recurrent state of fixed size)."""
+        f = getattr(self.actor, "kv_bytes_per_position", None)
+        return int(f()) if f is not None else 0
 
     def actor_parameters(self) -> list[nn.Parameter]:
         return list(self.actor.parameters())

@@ -8,6 +8,10 @@ nanoGPT, both needed by batched RL rollouts:
   sees positions 0..n-1 exactly as it would unpadded;
 - `KVCache` holds keys/values preallocated for the whole generation, so a decode step
   attends over the cache instead of recomputing the prefix.
+
+`StaticKVCache` + `forward_static` are the same model with every shape fixed: keys and values
+are written at a column held in a device tensor and each step attends over the whole buffer
+under a mask, so one decode step can be captured as a CUDA graph and replayed (`gae.decode`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,25 @@ class KVCache:
         """Keep only `rows` (drop finished sequences so later steps skip them)."""
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
+
+
+class StaticKVCache:
+    """Keys and values of every layer, (B, nh, max_len, hs) each, written at `position`, a 0-d
+    long tensor on the device (the next free column), so no step reads a Python counter."""
+
+    def __init__(
+        self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int, device, dtype
+    ):
+        shape = (batch_size, n_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.write_index: torch.Tensor | None = None  # (L,) columns of the forward in progress
+        self.max_len = max_len
+
+    def reset(self) -> None:
+        """Start over at column 0 (in place: a captured graph keeps these addresses)."""
+        self.position.zero_()
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor, L: int) -> torch.Tensor:
@@ -79,7 +102,12 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (
             t.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, L, hs)
-        if cache is not None:
+        if isinstance(cache, StaticKVCache):
+            # the cache keeps the weights' dtype, as KVCache does (bf16 autocast makes k, v bf16)
+            cache.k[layer].index_copy_(2, cache.write_index, k.to(cache.k[layer].dtype))
+            cache.v[layer].index_copy_(2, cache.write_index, v.to(cache.v[layer].dtype))
+            k, v = cache.k[layer], cache.v[layer]  # (B, nh, max_len, hs): unwritten columns are masked
+        elif cache is not None:
             start = cache.length
             cache.k[layer][:, :, start : start + L] = k
             cache.v[layer][:, :, start : start + L] = v
@@ -158,6 +186,34 @@ class GPT(nn.Module):
         p = self.wte.weight
         hs = self.cfg.n_embd // self.cfg.n_head
         return KVCache(self.cfg.n_layer, batch_size, self.cfg.n_head, max_len, hs, p.device, p.dtype)
+
+    def kv_bytes_per_position(self) -> int:
+        """Bytes one row's cache holds per position (keys and values of every layer)."""
+        p = self.wte.weight
+        return 2 * self.cfg.n_layer * self.cfg.n_embd * p.element_size()
+
+    def new_static_cache(self, batch_size: int, max_len: int) -> StaticKVCache:
+        p = self.wte.weight
+        hs = self.cfg.n_embd // self.cfg.n_head
+        return StaticKVCache(self.cfg.n_layer, batch_size, self.cfg.n_head, max_len, hs, p.device, p.dtype)
+
+    def forward_static(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attn_mask: torch.Tensor,
+        cache: StaticKVCache,
+    ) -> torch.Tensor:
+        """L new positions written at `cache.position`: input_ids, position_ids (B, L), attn_mask
+        (B, 1, L, max_len) bool (query i sees cache column j) -> hidden (B, L, C). No host reads:
+        capturable in a CUDA graph; positions past block_size are the caller's to refuse."""
+        L = input_ids.shape[1]
+        cache.write_index = cache.position + torch.arange(L, device=input_ids.device)  # (L,)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, L, C)
+        for i, block in enumerate(self.h):
+            x = block(x, attn_mask, cache, i)
+        cache.position.add_(L)
+        return self.ln_f(x)  # (B, L, C)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None):
         B, L = input_ids.shape

@@ -4,10 +4,18 @@ Loaded with `AutoModelForCausalLM.from_pretrained(path, local_files_only=True)`:
 ever downloaded. Position ids are passed explicitly from the attention mask, so left
 padding behaves as in the GPT backbone whatever the model's own default is. The cache is
 the model's own `past_key_values` object.
+
+Static decoding (`gae.decode`) uses transformers' own `StaticCache` (keys and values
+preallocated to a fixed length, written in place at a column the cache keeps in a device
+tensor) with a 4-D mask built here, which the model takes as it is (transformers'
+`masking_utils` returns a 4-D mask unchanged): every shape is fixed and no step reads a host
+value, so a decode step can be captured as a CUDA graph. Sliding-window layers keep a host
+counter in their static cache, so models with them decode with the dynamic cache.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -116,6 +124,9 @@ class HFCausalLM(nn.Module):
                 )
             self.lm = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
         self.lm.config.use_cache = True
+        # transformers 5.18+ names the cache argument `cache` (`past_key_values` is deprecated)
+        params = inspect.signature(self.lm.base_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.cfg = cfg
         self.hidden_size = (
             self.lm.config.hidden_size if hasattr(self.lm.config, "hidden_size") else self.lm.config.n_embd
@@ -142,6 +153,71 @@ class HFCausalLM(nn.Module):
             )
         return HFCache()
 
+    def _text_config(self):
+        cfg = self.lm.config
+        return cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+
+    def kv_bytes_per_position(self) -> int:
+        """Bytes one row's cache holds per position (keys and values of every layer), read from the
+        config: num_key_value_heads x head_dim per layer (grouped-query attention shares heads)."""
+        c = self._text_config()
+        layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", 1)
+        heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", 1)
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        head_dim = getattr(c, "head_dim", None) or self.hidden_size // heads
+        item = next(self.lm.parameters()).element_size()
+        return 2 * int(layers) * int(kv_heads) * int(head_dim) * item
+
+    def static_decode_unsupported(self) -> str | None:
+        """Why this model cannot decode with a static cache, or None when it can."""
+        transformers = _require_transformers()
+        if not hasattr(transformers, "StaticCache"):
+            return f"transformers {transformers.__version__} has no StaticCache"
+        c = self._text_config()
+        types = set(getattr(c, "layer_types", None) or ["full_attention"])
+        if types != {"full_attention"}:
+            return (
+                f"layer types {sorted(types)}: only full-attention layers have a device-side cache position"
+            )
+        impl = getattr(self.lm.config, "_attn_implementation", None) or "eager"
+        if impl not in ("sdpa", "eager"):
+            return f"attention implementation {impl!r} does not take a 4-D mask"
+        return None
+
+    def new_static_cache(self, batch_size: int, max_len: int):
+        reason = self.static_decode_unsupported()
+        if reason is not None:
+            raise ValueError(f"static decoding of this HF model ({self.lm.config.model_type}): {reason}")
+        transformers = _require_transformers()
+        cache = transformers.StaticCache(config=self.lm.config, max_cache_len=max_len)
+        if any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", [])):
+            raise ValueError(
+                f"static decoding of this HF model ({self.lm.config.model_type}): its StaticCache has "
+                "sliding-window layers, which count positions on the host"
+            )
+        return cache
+
+    def forward_static(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn_mask: torch.Tensor, cache
+    ) -> torch.Tensor:
+        """See `gae.models.gpt.GPT.forward_static`; the cache is a transformers `StaticCache`, whose
+        layers keep their write column in a device tensor. attn_mask (B, 1, L, max_len) bool."""
+        mask = attn_mask
+        if getattr(self.lm.config, "_attn_implementation", None) != "sdpa":
+            # eager attention adds the mask to the scores: 0 where seen, the dtype's minimum elsewhere
+            dtype = next(self.lm.parameters()).dtype
+            mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill(
+                ~attn_mask, torch.finfo(dtype).min
+            )
+        out = self.lm.base_model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        return out.last_hidden_state  # (B, L, H)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: HFCache | None = None):
         B, L = input_ids.shape
         start = check_step_shapes(input_ids, attention_mask, cache)
@@ -150,11 +226,11 @@ class HFCausalLM(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask.long(),
             position_ids=pos,
-            past_key_values=cache.past if cache is not None else None,
             use_cache=cache is not None,
+            **{self._cache_kw: cache.past if cache is not None else None},
         )
         if cache is not None:
-            cache.past = out.past_key_values
+            cache.past = getattr(out, self._cache_kw)
             cache.length = start + L
         return out.last_hidden_state, cache  # (B, L, H)
 
