@@ -121,7 +121,10 @@ async def serve_until_signalled(deployments, *, on_ready=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if on_ready is not None:
+    # "ready" only once the runner is up: a stop right after it then finds a started runner
+    while not runner.started and not task.done() and not stop.is_set():
+        await asyncio.sleep(0.05)
+    if on_ready is not None and runner.started and not stop.is_set():
         on_ready(ids)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -133,6 +136,8 @@ async def serve_until_signalled(deployments, *, on_ready=None) -> None:
     try:
         if runner.started:
             await asyncio.wait_for(runner.astop(), RUNNER_STOP_S)
+        else:  # still starting: cancelling start() exits the runner's context (pausing the schedules)
+            task.cancel()
         await asyncio.wait_for(task, RUNNER_STOP_S)
     except (asyncio.TimeoutError, asyncio.CancelledError, Exception) as exc:  # stopping: say it, go on
         task.cancel()
