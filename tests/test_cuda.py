@@ -147,7 +147,7 @@ def test_dtoh_counter_reads_kineto_memcpy_events():
     from bench.gpu import dtoh_sizes
 
     events = [
-        {"cat": "kernel", "name": "_gae_row", "args": {}},
+        {"cat": "kernel", "name": "_gae_kernel", "args": {}},
         {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pageable)", "args": {"bytes": 4096}},
         {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "args": {"bytes": 12}},
         {"cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "args": {"bytes": 999}},

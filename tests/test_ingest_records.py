@@ -214,3 +214,42 @@ def test_every_record_ends_in_exactly_one_table(tmp_path):
     assert {u: (n, k) for u, n, k in got} == {u: (n, n) for u, n in want.items()}
     failed = {Path(f.source).name for f in s.sources if f.error}
     assert failed == {"f.txt.gz", "i.jsonl.gz", "s.parquet"} and s.files_failed == 3
+
+
+# ---------------------------------------------------------------- fast paths against the Python references
+
+# ASCII, CJK, composed and decomposed accents (NFC changes them), Hangul jamo, every kind of whitespace the
+# hash folds, and control characters: each text takes one of classify.sql's paths ('ascii', 'plain', 'rare')
+PIECES = ["Ünïcödé", "e\u0301", "\u1100\u1161", "😀", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u2028",
+          "\u2029", "\u000b", "\u000c", "\u0000", "\u0001", "\u001b[0m", "\u007f", "\u0085", "\u009f"]  # fmt: skip
+CONTROL = {chr(c) for c in [*range(0x00, 0x09), *range(0x0E, 0x20), *range(0x7F, 0xA0)]}
+
+
+def test_normal_forms_and_control_rule_match_python_on_random_texts(tmp_path):
+    import random
+
+    from gae.ingest import content_hash
+
+    rng = random.Random(7)
+    texts = []
+    for i in range(600):
+        # words and up to two other pieces: many texts hold one kind of special character only, which a
+        # fast path overlooking that kind would get wrong
+        pool = rng.choice([["word", " "], ["天地玄黄", "word", " "]]) + rng.sample(PIECES, rng.randint(0, 2))
+        texts.append(f"{i} " + "".join(rng.choice(pool) for _ in range(rng.randint(1, 30))))
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in texts[::2])  # \u-escaped, as most JSON writers do
+    lines += "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts[1::2])  # raw UTF-8
+    (tmp_path / "r.jsonl").write_text(lines, encoding="utf-8")
+    ingest([tmp_path / "r.jsonl"], data_dir=tmp_path / "d", options=IngestConfig(**NO_PROMPTS))
+    docs = dict(rows(tmp_path / "d", "select text, content_hash from documents"))
+    errs = {
+        r[0]
+        for r in rows(tmp_path / "d", "select line from ingest_errors where reason = 'control_characters'")
+    }
+    order = texts[::2] + texts[1::2]
+    for line, t in enumerate(order, 1):
+        if sum(c in CONTROL for c in t) > 0.25 * len(t):
+            assert line in errs, repr(t)
+        else:
+            assert line not in errs and docs[t] == content_hash(t), repr(t)
+    assert 0 < len(errs) < len(order) // 2 and len(docs) + len(errs) == len(order)

@@ -90,6 +90,16 @@ def nfc_suspects() -> str:
     return "[" + "".join(f"\\x{{{a:X}}}" if a == b else f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in ranges) + "]"
 
 
+@functools.lru_cache(maxsize=1)
+def rare_characters() -> str:
+    """An RE2 class of every character that makes classify.sql look closer at a non-ASCII text: the NFC
+    suspects, whitespace other than a plain space (folded), and control characters other than whitespace
+    (counted for the control_characters quarantine). A text without any (and without two spaces in a row)
+    is its own normal form, which one pass of RE2's DFA tells."""
+    ws = r"\t\n\x0B\f\r\x{00A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}"
+    return "[" + nfc_suspects()[1:-1] + ws + r"\x00-\x08\x0E-\x1F\x7F-\x9F" + "]"
+
+
 def normalise(text: str) -> str:
     """The text a content hash covers, in Python (the reference for classify.sql): NFC, runs of
     whitespace (ASCII and Unicode spaces) folded into one space, trimmed."""

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from gae.ingest.config import FileSummary, IngestConfig
-from gae.ingest.text import BOUNDARY, LEAD, TRAIL, nfc_suspects
+from gae.ingest.text import BOUNDARY, LEAD, TRAIL, nfc_suspects, rare_characters
 
 if TYPE_CHECKING:
     import duckdb
@@ -53,15 +53,16 @@ class _Writer:
             "meta_remove": meta_remove,
             "eval_bp": round(cfg.eval_fraction * 10000),
             "nfc_suspects": nfc_suspects(),
+            "rare": rare_characters(),
             "ingest_id": ingest_id,
         }
 
     def begin(self) -> None:
-        """Empty staging tables for one transaction's documents and prompts (see flush_documents.sql)."""
-        self.con.execute(
-            "create or replace temp table _pending_documents as select document_id, source_uri, line, record, "
-            "content_hash, text, n_chars, metadata, split from documents limit 0"
-        )
+        """Empty staging for one transaction's documents and prompts (see flush_documents.sql)."""
+        # each chunk's new documents stay in the table select_new.sql made (`_new_<k>`), read through the
+        # view _pending_documents: no copy of every text into a staging table before the flush
+        self.chunks = 0
+        self._pending_view()
         # every accepted record's document, new or a duplicate of a stored one (ingest_documents)
         self.con.execute("create or replace temp table _pending_ingest_docs (document_id varchar)")
         self.con.execute(
@@ -77,9 +78,20 @@ class _Writer:
             "insert into ingest_documents select distinct $i, document_id from _pending_ingest_docs",
             {"i": self.ingest_id},
         )
-        self.con.execute("drop table _pending_documents")
+        self.con.execute("drop view _pending_documents")
+        for k in range(self.chunks):
+            self.con.execute(f"drop table _new_{k}")
         self.con.execute("drop table _pending_prompts")
         self.con.execute("drop table _pending_ingest_docs")
+
+    def _pending_view(self) -> None:
+        """_pending_documents: the documents rows of the chunks added so far (none before the first)."""
+        cols = "document_id, source as source_uri, line, record, content_hash, text, length(text) as n_chars, metadata, split"
+        parts = [f"select {cols} from _new_{k}" for k in range(self.chunks)] or [
+            "select document_id, source_uri, line, record, content_hash, text, n_chars, metadata, split "
+            "from documents limit 0"
+        ]
+        self.con.execute("create or replace temp view _pending_documents as " + " union all ".join(parts))
 
     def add(
         self, chunk: pa.Table, source_uri: str, files: dict[str, FileSummary], by_reason: dict[str, int]
@@ -111,27 +123,26 @@ class _Writer:
         )
         _exec(con, "select_new", params)
         counts = con.execute(
-            """select c.source, c.reason, count(*), count(n.document_id), any_value(c.detail)
-               from _classified c left join _new n on c.reason is null and n.source = c.source
-                    and n.line is not distinct from c.line and n.record is not distinct from c.record
-                    and n.byte_offset is not distinct from c.byte_offset
-               group by all"""
+            "select source, reason, count(*), any_value(detail) from _classified group by all"
         ).fetchall()
-        for source, reason, n, new, detail in counts:
+        new = dict(con.execute("select source, count(*) from _new group by all").fetchall())
+        for source, reason, n, detail in counts:
             fs = files[source]
             fs.records += n
             if reason is None:
-                fs.inserted += new
-                fs.duplicates += n - new
+                fs.inserted += new.get(source, 0)
+                fs.duplicates += n - new.get(source, 0)
             else:
                 by_reason[reason] = by_reason.get(reason, 0) + n
                 fs.quarantined += n
                 if reason == "unreadable":  # a reader's whole-file failure: one record for the file
                     fs.error = detail
-        _exec(con, "insert_documents", params)
         ((prompts,),) = _exec(con, "insert_field_prompts", params).fetchall()
         if self.cfg.make_prompts and self.cfg.max_prompts_per_document > 0:
             prompts += self._cut_prompts()
+        con.execute(f"alter table _new rename to _new_{self.chunks}")
+        self.chunks += 1
+        self._pending_view()
         return prompts
 
     def _cut_prompts(self) -> int:
@@ -150,13 +161,20 @@ class _Writer:
         }
         # The first pass reads the new texts as 8k-row Arrow batches: a scan of the temp table _new runs
         # on one thread per 122,880-row group (so on one core), and the regexps of a pass are CPU-bound.
-        src = con.sql("select document_id, split, text from _new where prompt is null").to_arrow_table()
+        # Every pass reads at most prompt_chars + reference_chars characters past the previous one, so the
+        # passes need only a prefix of each text (n stays the whole length): a long document is not copied
+        # whole into each pass's state. The leading whitespace is measured by a regexp (ltrim would copy).
+        src = con.sql(
+            """select document_id, split, left(text, pos + $span) as text, n, pos
+               from (select document_id, split, text, length(text) as n, length(regexp_extract(text, $lead)) as pos
+                     from _new where prompt is null)""",
+            params={
+                "span": cfg.max_prompts_per_document * (cfg.prompt_chars + cfg.reference_chars),
+                "lead": LEAD,
+            },
+        ).to_arrow_table()
         con.register("_cut_src", pa.Table.from_batches(src.to_batches(max_chunksize=8192), schema=src.schema))
-        # the leading whitespace measured by a regexp: ltrim would copy every text
-        con.execute(
-            "create or replace temp view _cut_state as select document_id, split, text, length(text) as n, "
-            f"length(regexp_extract(text, '{LEAD}')) as pos from _cut_src"  # a view takes no parameters
-        )
+        con.execute("create or replace temp view _cut_state as select * from _cut_src")
         total, state = 0, "view"
         for k in range(cfg.max_prompts_per_document):
             _exec(con, "cut_prompts", params)
