@@ -18,6 +18,12 @@ as the copy itself on this machine and depends on what the allocator had free:
 The fast rows run interleaved (one call of each per round, medians over rounds), so a
 burst of load from another process hits all of them alike. Whitening is compared with
 the GAE call it follows (`masked_whiten(adv, mask)`, fresh output).
+
+Per-row and decoupled lambda (issue 15) run side by side with today's single-lambda kernel,
+all into kept buffers: one lambda per row (VAPO's length-adaptive lambda, alpha 0.05), a
+critic lambda of its own (VC-PPO's lam_critic = 1), and both (VAPO's setting), each checked
+against the float64 reference first. Their "vs its copy" column is against the single-lambda
+kernel: the issue asks for at most 1.3x at 1024 x 2048.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gae.advantages import compute_gae  # noqa: E402
+from gae.advantages import compute_gae, length_adaptive_lam  # noqa: E402
 from gae.demo import synthetic_batch  # noqa: E402
 from gae.kernels.cpu import gae_cpu  # noqa: E402
 from gae.masked import masked_whiten, masked_whiten_torch  # noqa: E402
@@ -44,6 +50,7 @@ GAMMA, LAM = 1.0, 0.95
 TARGET_SIZE = (1024, 2048)
 TARGET_VS_LOOP = 50.0
 TARGET_VS_COPY = 3.0
+TARGET_ROWWISE_VS_SINGLE = 1.3  # issue 15
 
 
 def interleaved_medians(fns: dict, repeat: int) -> dict[str, float]:
@@ -105,12 +112,39 @@ def main(argv=None) -> int:
             _, _, (code, _, _) = gae_cpu(r, v, m, lv, GAMMA, LAM, out=(ka, kq))
             assert code == 0
 
+        # per-row (VAPO) and decoupled (VC-PPO) lambdas: checked, then timed beside gae_out
+        lam_rows = length_adaptive_lam(m, 0.05)
+        variants = {"rows": (lam_rows, None), "decoupled": (LAM, 1.0), "rows+decoupled": (lam_rows, 1.0)}
+        for name, (la, lc) in variants.items():
+            a, q, (code, _, _) = gae_cpu(r, v, m, lv, GAMMA, la, lam_critic=lc)
+            rows_lam = la[rows_checked] if isinstance(la, torch.Tensor) else la
+            ea, eq = compute_gae(
+                r[rows_checked].double(),
+                v[rows_checked].double(),
+                m[rows_checked],
+                gamma=GAMMA,
+                lam=rows_lam,
+                lam_critic=lc,
+                backend="reference",
+            )
+            assert code == 0, name
+            torch.testing.assert_close(a[rows_checked].double(), ea, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(q[rows_checked].double(), eq, atol=1e-4, rtol=1e-4)
+
+        def variant(la, lc):
+            def run():
+                _, _, (code, _, _) = gae_cpu(r, v, m, lv, GAMMA, la, out=(ka, kq), lam_critic=lc)
+                assert code == 0
+
+            return run
+
         fns = {
             "copy fresh": lambda: (r.clone(), v.clone(), m.clone()),
             "copy pre": lambda: (kr.copy_(r), kv.copy_(v), km.copy_(m)),
             "gae fresh": lambda: compute_gae(r, v, m, gamma=GAMMA, lam=LAM, backend="numba"),
             "gae pre": gae_out,
             "whiten": lambda: masked_whiten(adv, m),
+            **{f"gae {name}": variant(la, lc) for name, (la, lc) in variants.items()},
         }
         t = interleaved_medians(fns, args.repeat)
         t["whiten torch"] = interleaved_medians(
@@ -127,6 +161,9 @@ def main(argv=None) -> int:
             ("memory copy, preallocated (copy_ r, v, mask)", t["copy pre"], t["copy pre"]),
             ("GAE numba, checked, fresh outputs (compute_gae)", t["gae fresh"], t["copy fresh"]),
             ("GAE numba, checked, out= buffers (gae_cpu)", t["gae pre"], t["copy pre"]),
+            ("GAE numba, per-row lambda (length-adaptive), out=", t["gae rows"], t["gae pre"]),
+            ("GAE numba, decoupled (lam_critic 1), out=", t["gae decoupled"], t["gae pre"]),
+            ("GAE numba, per-row + decoupled (VAPO), out=", t["gae rows+decoupled"], t["gae pre"]),
             ("whiten numba (masked_whiten, fresh output)", t["whiten"], t["copy fresh"]),
             ("whiten torch (masked_whiten_torch)", t["whiten torch"], t["copy fresh"]),
             ("GAE torch loop over T (verl-style)", loop, t["copy fresh"]),
@@ -151,9 +188,27 @@ def main(argv=None) -> int:
                 ("GAE fresh / copy fresh (time)", t["gae fresh"] / t["copy fresh"], "<=", TARGET_VS_COPY),
                 ("GAE out= / copy preallocated (time)", t["gae pre"] / t["copy pre"], "<=", TARGET_VS_COPY),
                 ("whiten / GAE fresh (time)", t["whiten"] / t["gae fresh"], "<=", 1.0),
+                (
+                    "GAE per-row + decoupled / single-lambda (time, out=)",
+                    t["gae rows+decoupled"] / t["gae pre"],
+                    "<=",
+                    TARGET_ROWWISE_VS_SINGLE,
+                ),
+                (
+                    "GAE decoupled / single-lambda (time, out=)",
+                    t["gae decoupled"] / t["gae pre"],
+                    "<=",
+                    TARGET_ROWWISE_VS_SINGLE,
+                ),
+                (
+                    "GAE per-row / single-lambda (time, out=)",
+                    t["gae rows"] / t["gae pre"],
+                    "<=",
+                    TARGET_ROWWISE_VS_SINGLE,
+                ),
             ]
     if summary:
-        print(f"\n# targets at {TARGET_SIZE[0]} x {TARGET_SIZE[1]} (issue 2)")
+        print(f"\n# targets at {TARGET_SIZE[0]} x {TARGET_SIZE[1]} (issues 2 and 15)")
         for name, x, op, target in summary:
             if x is None:
                 print(f"- {name}: not measured")

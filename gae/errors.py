@@ -66,13 +66,13 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
-def as_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> DiskFull | None:
+def as_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
     """A DiskFull naming `path` (or the OSError's own file name) when `exc`, or an exception
     it was raised from, is a full disk; None otherwise."""
     for e in _chain(exc):
-        if isinstance(e, DiskFull):
-            return e
-        full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if isinstance(e, DiskFull) or (_is_disk_full_errno(e) and _is_ours(e) and type(e) is not OSError):
+            return e  # already one line of ours naming the file (e.g. gae.ingest's, with what was kept)
+        full = _is_disk_full_errno(e)
         full = full or bool(_DISK_FULL_TEXT.search(str(e)))
         if not full and path is not None and _TORCH_SHORT_WRITE.search(str(e)):
             free = _free_bytes(Path(path))
@@ -98,7 +98,7 @@ def writing(path: str | os.PathLike, *, temporary: str | os.PathLike | None = No
         raise
     except Exception as exc:
         full = as_disk_full(exc, path)
-        if full is None:
+        if full is None or full is exc:
             raise
         raise full from exc
 
@@ -151,6 +151,10 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, ValueError | RuntimeError | OSError):
         return one_line(exc)
     return f"{type(exc).__name__}: {one_line(exc)} (unexpected: rerun with --debug for the traceback and report it)"
+
+
+def _is_disk_full_errno(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _is_validation_error(exc: BaseException) -> bool:

@@ -8,7 +8,9 @@ sketch in `gae.train` (Schulman et al. 2017; verl's `update_actor` / `update_cri
        micro_batch_weights  a micro batch's share of those counts (gradient accumulation)
     3. policy_objective     clipped surrogate - c_H * entropy; c_KL * KL when it sits in the loss
     4. value_objective      c_V * clipped value loss
-       joint_loss           what one backward pass takes (warm-up: the value loss alone)
+       joint_loss           what one backward pass takes (warm-up: the value loss alone);
+                            `gae.losses.positive_nll_loss` (VAPO) is added over the
+                            minibatch's positive tokens, the third denominator
     5. optimizer_step       sum gradients over ranks (data parallel), clip the norm, AdamW
 
 Pure functions of tensors and floats; `gae.train.ppo_update` wires them.
@@ -38,10 +40,11 @@ ScoreFn = Callable[..., object]
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def score(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy: bool):
-    """(logp, values, entropy) of rows `idx` of `batch`, each (len(idx), T), from `score_fn`
-    (gae.models.score_responses: the rollout's own scorer)."""
-    out = score_fn(
+def score_rows(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy: bool = False):
+    """`score_fn`'s output (gae.models.ScoreOutput: logprobs, values, entropy (len(idx), T),
+    last_values (len(idx),)) for rows `idx` of `batch`; score_fn is the rollout's own scorer,
+    gae.models.score_responses."""
+    return score_fn(
         model,
         batch.prompt_tokens[idx],
         batch.prompt_mask[idx],
@@ -49,6 +52,11 @@ def score(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy
         batch.action_mask[idx],
         compute_entropy=compute_entropy,
     )
+
+
+def score(score_fn: ScoreFn, model, batch, idx: torch.Tensor, *, compute_entropy: bool):
+    """(logp, values, entropy) of rows `idx` of `batch`, each (len(idx), T) (see `score_rows`)."""
+    out = score_rows(score_fn, model, batch, idx, compute_entropy=compute_entropy)
     return out.logprobs, out.values, out.entropy
 
 

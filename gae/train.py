@@ -11,8 +11,15 @@ iteration, on one ActorCritic. Its body is these named steps (`gae.ppo_steps`), 
             logp, V, H = score(model, mu)                     # gae.models.score_responses
             pg, kl = policy_objective(logp, old_logp, A, H)   # 3. clip surrogate - c_H H; c_KL k(logp, ref_logp)
             vf = value_objective(V, old_V, R)                 # 4. c_V * clipped value loss
-            backward(joint_loss(pg, kl, vf) * share of N)     #    micro_batch_weights
+            backward(joint_loss(pg, kl, vf) * share of N      #    micro_batch_weights
+                     + c_NLL * positive_nll(logp))            #    VAPO, over N's positive tokens
         optimizer_step()                                      # 5. clip grad norm, AdamW (unless target KL hit)
+
+Options from recent papers, each one line of the sketch: `ratio_level="sequence"` swaps the
+token ratio in step 3 for GSPO's per-sequence ratio; `positive_nll_coef` adds VAPO's NLL on
+responses scoring at least `positive_score_threshold`; `loss_rows` (DAPO's dynamic sampling)
+shrinks the mask every step uses; `train_policy=False` (value pretraining, `gae.value_pretrain`)
+makes every iteration a critic-only one.
 
 `old_logp` is the rollout's log-prob, produced by the same `score_responses`, so the
 ratio is exactly 1 on the first minibatch: any drift between the rollout engine and the

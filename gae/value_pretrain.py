@@ -31,6 +31,7 @@ import torch
 
 from gae.advantages import compute_gae
 from gae.losses import explained_variance
+from gae.ppo_steps import score_rows
 from gae.train import PPOConfig, ScoreFn, _default_score_fn, ppo_update
 
 
@@ -43,13 +44,7 @@ def critic_values(model, batch, *, score_fn: ScoreFn | None = None, micro_batch_
     model.eval()
     with torch.no_grad():
         for idx in torch.arange(B).split(micro_batch_rows or max(1, B)):
-            out = score_fn(
-                model,
-                batch.prompt_tokens[idx],
-                batch.prompt_mask[idx],
-                batch.response_tokens[idx],
-                batch.action_mask[idx],
-            )
+            out = score_rows(score_fn, model, batch, idx)
             vals.append(out.values.float())
             lasts.append(out.last_values.float())
     model.train(was_training)

@@ -98,3 +98,27 @@ def test_pipeline_pretrains_the_critic_before_iteration_0(prefect_api, tmp_path)
         for p, q in zip(pretrained.actor_parameters(), start.actor_parameters(), strict=True)
     )
     assert not torch.equal(pretrained.value_head.weight, start.value_head.weight)
+
+
+def test_presets_carry_the_papers_settings(tmp_path):
+    """vc_ppo: decoupled GAE (critic 1.0, policy 0.95), value pretraining, no KL. vapo: the
+    same plus length-adaptive lambda (alpha 0.05), clip-higher 0.2/0.28, token-level loss and
+    the positive-example NLL at 0.1. Both validate and survive `gae config` -> `--config`."""
+    from gae.config import load_config, to_yaml
+
+    vc = load_config(preset="vc_ppo")
+    assert (vc.advantages.lam, vc.advantages.lam_critic, vc.advantages.lam_schedule) == (0.95, 1.0, "fixed")
+    assert vc.ppo.value_pretrain_iterations > 0 and vc.shaping.kl.placement == "none"
+    va = load_config(preset="vapo")
+    assert (va.advantages.lam_critic, va.advantages.lam_schedule, va.advantages.length_alpha) == (
+        1.0,
+        "length_adaptive",
+        0.05,
+    )
+    assert (va.ppo.clip_low, va.ppo.clip_high, va.ppo.loss_agg) == (0.2, 0.28, "token-mean")
+    assert va.ppo.positive_nll_coef == 0.1 and va.ppo.value_pretrain_iterations > 0
+    assert va.shaping.kl.placement == "none"
+    for cfg in (vc, va):
+        path = tmp_path / f"{cfg.preset}.yaml"
+        path.write_text(to_yaml(cfg))
+        assert load_config(path=path) == cfg
