@@ -432,7 +432,7 @@ def test_prefect_tasks_end_to_end_paths_in_paths_out(tmp_path):
         )
         from tasks.advantages import advantages_meta
 
-        assert advantages_meta(adv["path"]) == {"estimator": "gae", "needs_critic": "true"}
+        assert advantages_meta(adv["path"]) == {"estimator": "gae", "needs_critic": "true", "metrics": "{}"}
         info = store_iteration.fn(str(tmp_path), "r", 0, str(batch_dir), scores_path, adv["path"])
         lp_path = tmp_path / "train_lp.safetensors"
         from safetensors.torch import save_file
