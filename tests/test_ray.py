@@ -506,7 +506,10 @@ def test_cli_options_set_the_cluster_section():
 
 
 @pytest.mark.slow
-def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_instance, tmp_path):
+def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_instance, smoke_run, tmp_path):
+    """The smoke pipeline on 2 workers, in a copy of the session's smoke data directory (its
+    ingest and pretraining are reused: same corpus, same config); worker 1 is SIGKILLed once
+    iteration 1's rollouts are saved."""
     import signal
     import threading
     import time
@@ -516,13 +519,14 @@ def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_i
     from flows.pipeline import rl_pipeline
     from gae.config import load_config
     from gae.distributed.cluster import WorkerDied
-    from tests.test_pipeline import smoke_overrides, write_corpus
 
     data_dir = tmp_path / "data"
+    shutil.copytree(smoke_run["data_dir"], data_dir)
     cfg = load_config(
         preset="smoke",
         overrides=[
-            *smoke_overrides(data_dir, write_corpus(tmp_path / "corpus")),
+            f"data_dir={data_dir}",
+            f"corpus={json.dumps(smoke_run['cfg'].corpus)}",
             "run_name=killed",
             "cluster.executor=ray",
             "cluster.workers=2",
@@ -535,8 +539,9 @@ def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_i
     def kill_worker_1_in_iteration_1():
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
-            batches = list(runs.glob("*/iter-00001/batch/batch.json"))
-            if batches and (runs / "killed.workers.json").exists():
+            state = runs / "killed.state.json"  # the copied smoke run has iteration dirs of its own
+            run_id = json.loads(state.read_text())["run_id"] if state.exists() else None
+            if run_id and (runs / run_id / "iter-00001" / "batch" / "batch.json").exists():
                 pid = json.loads((runs / "killed.workers.json").read_text())["workers"][1]["pid"]
                 os.kill(pid, signal.SIGKILL)
                 killed["pid"] = pid
@@ -547,8 +552,9 @@ def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_i
     with pytest.raises(
         WorkerDied,
         match=r"Ray worker 1 \(pid \d+ on .*\) died during .* of iteration 1: .*resume from iteration 1",
-    ):
+    ) as died:
         rl_pipeline(cfg)
+    assert "\n" not in str(died.value) and len(str(died.value)) < 300  # one line, not Ray's paragraph
     t.join(timeout=5)
     state = json.loads((runs / "killed.state.json").read_text())
     assert killed and state["last_completed_iteration"] == 0 and state["status"] == "failed"
@@ -563,13 +569,16 @@ def test_pipeline_on_ray_fails_on_a_killed_worker_and_resumes(prefect_api, ray_i
     B = cfg.prompts_per_iteration * cfg.rollout.n_samples
     con = duckdb.connect()
     tokens, rollouts = (str(data_dir / t / "**" / "*.parquet") for t in ("tokens", "rollouts"))
-    per_it = con.sql(
+    run = {"run": after["run_id"]}  # the copied directory holds the smoke run's rows too
+    per_it = con.execute(
         f"select iteration, count(*), count(distinct rollout_id), sum(response_length) from "
-        f"read_parquet('{rollouts}', hive_partitioning=true) group by 1 order by 1"
+        f"read_parquet('{rollouts}', hive_partitioning=true) where run_id = $run group by 1 order by 1",
+        run,
     ).fetchall()
-    toks = con.sql(
+    toks = con.execute(
         f"select iteration, count(*), count(distinct (rollout_id, position)), count(train_logprob) from "
-        f"read_parquet('{tokens}', hive_partitioning=true) group by 1 order by 1"
+        f"read_parquet('{tokens}', hive_partitioning=true) where run_id = $run group by 1 order by 1",
+        run,
     ).fetchall()
     assert [r[:3] for r in per_it] == [(0, B, B), (1, B, B)]  # no rollout missing or twice
     assert [(r[0], r[1], r[2]) for r in toks] == [(i, n, n) for i, _, _, n in per_it]  # every token once

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import socket
 import sys
 import uuid
@@ -106,10 +107,12 @@ def _actor_class(ray):
 
 
 def _short_reason(err: BaseException) -> str:
+    """The first sentence of Ray's "Worker exit detail" (e.g. "Worker unexpectedly exits with a
+    connection error code 2."), else the error's first line: one line, not Ray's paragraph."""
     text = str(err)
-    for line in text.splitlines():
-        if "exit detail" in line.lower():
-            return line.split(":", 1)[-1].strip()
+    m = re.search(r"exit detail:\s*(.*?\.)(?:\s|$)", text, flags=re.IGNORECASE | re.DOTALL)
+    if m:
+        return " ".join(m.group(1).split())
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return first[:300]
 
