@@ -329,6 +329,24 @@ def sampling_options(cfg: RolloutConfig, tok, device) -> dict:
     }
 
 
+def score_chunk(policy, ref, args: tuple, cfg: RolloutConfig, *, device, timing: dict):
+    """The policy's and the reference's `score_responses` of one chunk, `args` = (prompt_tokens,
+    prompt_mask) (B_c, P) and (response_tokens, action_mask) (B_c, T); adds the seconds to
+    timing["values"] and timing["ref"]. Every rollout's scoring pass, local or sharded."""
+    t0 = time.perf_counter()
+    with autocast(device, bf16=cfg.bf16):
+        out = score_responses(policy, *args)
+    _sync(device)
+    t1 = time.perf_counter()
+    with autocast(device, bf16=cfg.bf16):
+        ref_out = score_responses(ref, *args)
+    _sync(device)
+    # The policy's pass yields the stored log-probs and the critic's values together.
+    timing["values"] += t1 - t0
+    timing["ref"] += time.perf_counter() - t1
+    return out, ref_out
+
+
 def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig, *, device) -> RolloutBatch:
     """Sample `cfg.n_samples` responses per prompt and score them with the policy and the reference.
 
@@ -401,17 +419,7 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
                 cat["response_tokens"][sl],
                 cat["action_mask"][sl],
             )
-            t0 = time.perf_counter()
-            with autocast(device, bf16=cfg.bf16):
-                out = score_responses(policy, *args)
-            _sync(device)
-            t1 = time.perf_counter()
-            with autocast(device, bf16=cfg.bf16):
-                ref_out = score_responses(ref, *args)
-            _sync(device)
-            # The policy's pass yields the stored log-probs and the critic's values together.
-            timing["values"] += t1 - t0
-            timing["ref"] += time.perf_counter() - t1
+            out, ref_out = score_chunk(policy, ref, args, cfg, device=device, timing=timing)
             logprobs.append(out.logprobs.float())
             values.append(out.values.float())
             last_values.append(out.last_values.float())

@@ -26,8 +26,6 @@ import time
 import torch
 
 from gae.batch import RolloutBatch
-from gae.device import autocast
-from gae.models.scoring import score_responses
 from gae.rollout import (
     RolloutConfig,
     _max_prompt_tokens,
@@ -39,6 +37,7 @@ from gae.rollout import (
     row_seed,
     sample_batch,
     sampling_options,
+    score_chunk,
 )
 
 # (B, P) prompt fields are left-padded, (B, T) response fields right-padded, as generate_rollouts pads.
@@ -138,16 +137,7 @@ def score_chunks(policy, ref, chunks: list[dict], cfg: RolloutConfig, *, device)
         args = tuple(
             c[k].to(device) for k in ("prompt_tokens", "prompt_mask", "response_tokens", "action_mask")
         )
-        t0 = time.perf_counter()
-        with autocast(device, bf16=cfg.bf16):
-            pol = score_responses(policy, *args)
-        _sync(device)
-        t1 = time.perf_counter()
-        with autocast(device, bf16=cfg.bf16):
-            rf = score_responses(ref, *args)
-        _sync(device)
-        timing["values"] += t1 - t0
-        timing["ref"] += time.perf_counter() - t1
+        pol, rf = score_chunk(policy, ref, args, cfg, device=device, timing=timing)
         out.append(
             {
                 "scored_logprobs": pol.logprobs.float().cpu(),
@@ -159,11 +149,6 @@ def score_chunks(policy, ref, chunks: list[dict], cfg: RolloutConfig, *, device)
     policy.train(was_training[0])
     ref.train(was_training[1])
     return out, timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def widths(chunks: list[dict]) -> tuple[int, int]:
