@@ -453,7 +453,7 @@ def test_prefect_tasks_end_to_end_paths_in_paths_out(tmp_path):
     from tasks.advantages import load_advantages
 
     # the estimator rides in the file's header: the trainer fits no critic for RLOO
-    assert advantages_meta(rloo["path"]) == {"estimator": "rloo", "needs_critic": "false"}
+    assert advantages_meta(rloo["path"]) == {"estimator": "rloo", "needs_critic": "false", "metrics": "{}"}
     a = load_advantages(rloo["path"])["advantages"]
     # group 0 scores 1, 0 -> RLOO 1 - 0 = 1 and 0 - 1 = -1 on every action token; row 2 alone -> 0.
     m = batch.action_mask
