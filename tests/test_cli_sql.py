@@ -165,3 +165,39 @@ def test_ingest_default_corpus(tmp_path):
     assert s["inserted"] > 1000 and s["prompts"] > 1000 and s["quarantined"] == 0
     assert s["records"] == s["inserted"] + s["duplicates"]
     assert all(f["source"].startswith("python-stdlib:") for f in s["sources"])
+
+
+def test_confining_gae_sql_leaves_other_connections_to_the_file_alone(data_dir, tmp_path):
+    """DuckDB settings belong to a database instance, which connections to one file share in a
+    process: `gae sql` (and `gae query`) must lock down a private instance, not the one another
+    connection in the process (a flow's task, a test) reads through."""
+    from gae.db import connect
+
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a\n1\n2\n")
+    read_outside = f"select sum(a) from read_csv('{outside}')"
+    other = connect(data_dir, read_only=True, views=False)
+    try:
+        confined = connect(data_dir, read_only=True, views=False, confine=True)
+        try:
+            with pytest.raises(Exception, match="file system operations are disabled"):
+                confined.sql(read_outside).fetchall()
+            assert confined.sql("select count(*) from documents").fetchall() == [(2,)]
+            assert confined.sql("select count(*) from gae.main.prompts").fetchall()[0][0] >= 0
+        finally:
+            confined.close()
+        out = runner.invoke(app, ["query", "corpus_summary", "--data-dir", str(data_dir), "-f", "json"])
+        assert out.exit_code == 0, out.output
+        out = runner.invoke(app, ["sql", read_outside, "--data-dir", str(data_dir)])
+        assert "outside the data directory" in str(out.exception)
+        # the connection opened before still reads files anywhere and changes its settings
+        assert other.sql(read_outside).fetchall() == [(3,)]
+        other.execute("set threads = 1")
+        assert other.sql("select current_setting('lock_configuration')").fetchall() == [(False,)]
+    finally:
+        other.close()
+    later = connect(data_dir, read_only=True, views=False)
+    try:
+        assert later.sql(read_outside).fetchall() == [(3,)]
+    finally:
+        later.close()
