@@ -201,3 +201,11 @@ def test_confining_gae_sql_leaves_other_connections_to_the_file_alone(data_dir, 
         assert later.sql(read_outside).fetchall() == [(3,)]
     finally:
         later.close()
+
+
+def test_table_cells_and_headers_are_shown_as_they_are_not_as_markup(data_dir):
+    q = """select '[/x]' as a, '[red]hi[/red]' as "[b]h[/b]", 'a [bold]b' as c"""
+    out = runner.invoke(app, ["sql", q, "--data-dir", str(data_dir)])
+    assert out.exit_code == 0, (out.output, out.exception)
+    for shown in ("[/x]", "[red]hi[/red]", "[b]h[/b]", "a [bold]b"):
+        assert shown in out.output, out.output

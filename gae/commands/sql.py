@@ -212,10 +212,15 @@ def _print(rel, fmt: str, max_rows: int, data_dir=None) -> None:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(*cols, show_lines=False)
+        # Text, not str: rich reads a str as markup, so a value such as '[/x]' would raise and
+        # '[red]hi[/red]' would print as `hi`; a Text cell is shown as it is.
+        table = Table(show_lines=False)
+        for c in cols:
+            table.add_column(Text(c))
         for r in rows[:max_rows]:
-            table.add_row(*(_cell(v) for v in r))
+            table.add_row(*(Text(_cell(v)) for v in r))
         Console().print(table)
         more = f", {max_rows} shown (--max-rows)" if len(rows) > max_rows else ""
         typer.echo(f"{len(rows)} row{'s' if len(rows) != 1 else ''}{more}")
