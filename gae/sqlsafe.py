@@ -153,6 +153,26 @@ def _parse_tree(expression: str, what: str) -> dict:
     return tree
 
 
+def tables_read(sql: str) -> set[str] | None:
+    """The lower-case names of the tables and views the statements of `sql` read (the last part
+    of a qualified name; CTE names included), from DuckDB's parse tree; None when DuckDB cannot
+    serialize it (a statement that is not a query)."""
+    import duckdb
+
+    con = duckdb.connect(config=dict(NO_EXTENSIONS))
+    try:
+        lock_down(con)
+        (text,) = con.execute("select json_serialize_sql($q)", {"q": sql}).fetchall()[0]
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    tree = json.loads(text)
+    if tree.get("error"):
+        return None
+    return {name.rsplit(".", 1)[-1].lower() for kind, name in _table_refs(tree) if kind == "BASE_TABLE"}
+
+
 def _table_refs(node: object) -> Iterator[tuple[str, str]]:
     """(kind, name) of every table reference in a serialized parse tree, however deep.
 

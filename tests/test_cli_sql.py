@@ -209,3 +209,42 @@ def test_table_cells_and_headers_are_shown_as_they_are_not_as_markup(data_dir):
     assert out.exit_code == 0, (out.output, out.exception)
     for shown in ("[/x]", "[red]hi[/red]", "[b]h[/b]", "a [bold]b"):
         assert shown in out.output, out.output
+
+
+def test_a_parquet_error_blames_a_store_part_only_when_it_is_about_one(data_dir, tmp_path):
+    """A typo in a file name is DuckDB's own line and reads no store part (the store here has a
+    broken tokens part that a scan would find); damage is named when the query reads it."""
+    import shutil
+
+    from gae.store import write_iteration
+    from tests.test_store import make_batch, outputs
+
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    for it in (0, 1):
+        batch = make_batch(seed=it)
+        write_iteration(d, run_id="r", iteration=it, batch=batch, **outputs(batch, seed=it))
+    tokens = d / "tokens" / "run_id=r" / "iteration=1" / "part-0.parquet"
+    tokens.write_bytes(tokens.read_bytes()[:100])  # the footer is gone
+    rollouts = d / "rollouts" / "run_id=r" / "iteration=0" / "part-0.parquet"
+    raw = bytearray(rollouts.read_bytes())
+    raw[100:1500] = bytes((b * 7 + 3) % 256 for b in raw[100:1500])  # pages, not the footer
+    rollouts.write_bytes(bytes(raw))
+
+    def error(query: str) -> str:
+        out = runner.invoke(app, ["sql", query, "--data-dir", str(d)])
+        assert out.exit_code != 0 and isinstance(out.exception, RuntimeError), out.output
+        return str(out.exception)
+
+    msg = error("select * from read_parquet('missing.parquet')")
+    assert "missing.parquet" in msg and "store part" not in msg, msg
+    msg = error("select * from read_parquet('missing.parquet'")  # a parse error
+    assert "store part" not in msg, msg
+    # a store part read by its path, a footer DuckDB cannot read
+    msg = error(f"select count(*) from read_parquet('{tokens}')")
+    assert msg.startswith(f"tokens: the store part {tokens} is unreadable"), msg
+    # damage inside a page names no file: the parts of the table the query reads are checked
+    msg = error("select * from rollouts")
+    assert (
+        msg.startswith(f"rollouts: the store part {rollouts} is unreadable") and "gae doctor --fix" in msg
+    ), msg
