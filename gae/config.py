@@ -65,7 +65,8 @@ class AdvantageConfig(BaseModel):
     dynamic_sampling: Literal["off", "drop"] = Field(
         "off",
         description="DAPO's dynamic sampling for group estimators (arXiv 2503.14476): drop leaves groups whose "
-        "scores are all equal (zero advantage) out of every loss; the dropped fraction is logged.",
+        "scores are all equal (zero advantage) out of every loss, judged on the score before the overlong "
+        "penalty (DAPO judges on accuracy); the dropped fraction is logged.",
     )
 
     @model_validator(mode="after")
