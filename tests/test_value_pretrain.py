@@ -24,7 +24,7 @@ def test_fit_critic_raises_explained_variance_and_leaves_the_policy():
     opt = build_optimizer(model, cfg)
     history = []
     for k in range(4):  # the same rollouts each time: the fit must improve on them
-        history.append(fit_critic(model, opt, copy.deepcopy(batch), rewards, cfg, gamma=1.0, iteration=k))
+        history.append(fit_critic(model, opt, copy.deepcopy(batch), rewards, cfg, gamma=1.0, iteration=k)[0])
     first, last = history[0], history[-1]
     assert last["value_pretrain/explained_var_after"] > first["value_pretrain/explained_var_before"] + 0.2
     # each iteration's "before" is the previous one's "after" on the same data
@@ -51,6 +51,85 @@ def test_fit_critic_targets_are_monte_carlo_returns():
     # critic_values is the model's own view of the batch: the rollout recorded the same
     torch.testing.assert_close(values, batch.values.float(), atol=0, rtol=0)
     torch.testing.assert_close(last, batch.last_values.float(), atol=0, rtol=0)
+
+
+class Interrupted(Exception):
+    """Stands in for the process being killed at that point."""
+
+
+def test_an_interrupted_value_pretraining_resumes_and_logs_each_iteration_once(tmp_path):
+    """Killed while sampling iteration 2, and (another time) between iteration 1's checkpoint
+    and its MLflow point: each rerun continues from the last completed iteration with a fresh
+    model and optimizer (a new process), ends with the critic an uninterrupted run fits, and
+    the run's MLflow history holds each iteration's point once."""
+    from gae.tracking import Tracker
+    from gae.value_pretrain import pretrain_critic
+
+    cfg = PPOConfig(epochs=2, minibatches=2, critic_lr=1e-2)
+    policy = tiny_model(41)
+    batches = [synthetic_batch(policy, B=8, seed=50 + k) for k in range(4)]
+
+    def sample(k):
+        b = copy.deepcopy(batches[k])
+        return b, target_rewards(b)[1], None
+
+    def run(state_dir, *, sample=sample, log=None):
+        model = copy.deepcopy(policy)  # a new process: the initial policy, a fresh optimizer
+        out = pretrain_critic(
+            model, build_optimizer(model, cfg), cfg, iterations=4, sample=sample, gamma=1.0,
+            state_dir=state_dir, log=log,
+        )  # fmt: skip
+        return model, out
+
+    straight, want = run(tmp_path / "straight")
+
+    tracker = Tracker.start(tmp_path / "data", run_id="vp")
+    calls = []
+
+    def log(k, metrics, only_new):
+        calls.append((k, only_new))
+        if (k, only_new) == (1, False) and calls.count((1, False)) == 1:
+            raise Interrupted  # checkpoint of iteration 1 written, its point not logged
+        tracker.log_metrics(metrics, step=k, only_new=only_new)
+
+    def sample_until_2(k):
+        if k == 2:
+            raise Interrupted
+        return sample(k)
+
+    state = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        run(state, log=log)  # iteration 0 logged, 1 checkpointed, then killed
+    with pytest.raises(Interrupted):
+        run(state, sample=sample_until_2, log=log)  # 1 logged on resume, killed sampling 2
+    resumed, got = run(state, log=log)
+    assert calls == [(0, False), (1, False), (1, True), (1, True), (2, False), (3, False)]
+    assert got == want
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for key in ("value_pretrain/explained_var_before", "value_pretrain/explained_var_after"):
+        steps = [m.step for m in tracker.client.get_metric_history(tracker.run_id, key)]
+        assert sorted(steps) == [0, 1, 2, 3], (key, steps)
+    # a finished pretraining returns its result without fitting again
+    again, out = run(state, log=log)
+    assert out == want and calls[-1] == (3, True)
+    for p, q in zip(straight.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_value_pretraining_with_a_critic_free_estimator_is_refused():
+    from gae.config import load_config
+
+    for est in ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus"):
+        with pytest.raises(
+            ValueError, match=rf"value_pretrain_iterations=2 fits the critic.*estimator={est}"
+        ):
+            load_config(
+                preset="smoke",
+                overrides={"advantages": {"estimator": est}, "ppo": {"value_pretrain_iterations": 2}},
+            )
+    load_config(preset="smoke", overrides={"advantages": {"estimator": "grpo"}})
+    load_config(preset="smoke", overrides={"ppo": {"value_pretrain_iterations": 2}})
 
 
 @pytest.mark.slow
