@@ -52,7 +52,8 @@ def test_injections_are_refused_and_write_nothing(tmp_path, expr):
         REWARDS["sql"](inputs(), expression=expression)
     msg = str(info.value)
     assert msg.startswith("sql reward: expression") and repr(expression) in msg, msg
-    assert "\n" not in msg.strip() or "Traceback" not in msg
+    assert "\n" not in msg.strip(), msg  # one line
+    assert "Traceback" not in msg, msg
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # The same expression in a run's config is refused when the config is built, naming the component.
     with pytest.raises(ValueError, match=r"components\[0\] sql reward: expression"):

@@ -37,20 +37,45 @@ def test_fit_critic_raises_explained_variance_and_leaves_the_policy():
     )
 
 
+def monte_carlo_returns(rewards, mask, gamma: float, last=None) -> torch.Tensor:
+    """Slow reference: R_t = sum_{j >= t} gamma^(j-t) r_j (+ gamma^(L-t) last) over each row's
+    action tokens (a prefix here), by a backward loop in float64."""
+    out = torch.zeros(rewards.shape, dtype=torch.float64)
+    for b in range(rewards.shape[0]):
+        g = float(last[b]) if last is not None else 0.0
+        for t in reversed(range(int(mask[b].sum()))):
+            g = float(rewards[b, t]) + gamma * g
+            out[b, t] = g
+    return out
+
+
 def test_fit_critic_targets_are_monte_carlo_returns():
-    """lambda = 1: the targets do not depend on the critic (VC-PPO's point): two critics that
-    disagree fit toward the same returns, the discounted sum of rewards (+ bootstrap)."""
+    """lambda = 1 (VC-PPO's point): the returns fit_critic trains the critic on are the
+    discounted sums of rewards (+ the critic's bootstrap on truncated rows), not GAE(0.95)
+    returns, which would lean on the critic being fitted."""
     base = tiny_model(33)
     batch = synthetic_batch(base, B=6, seed=34)
-    _, rewards = target_rewards(batch)
-    mask = batch.action_mask
+    mask = batch.action_mask.bool()
+    assert torch.equal(mask, torch.arange(mask.shape[1])[None] < mask.sum(1, keepdim=True))  # prefixes
+    rewards = torch.randn(mask.shape, generator=torch.Generator().manual_seed(35)) * mask
     values, last = critic_values(base, batch)
-    _, ret = compute_gae(rewards, values, mask, gamma=0.9, lam=1.0)
-    _, ret2 = compute_gae(rewards, torch.randn_like(values), mask, gamma=0.9, lam=1.0)
-    torch.testing.assert_close(ret, ret2, atol=1e-5, rtol=1e-5)
     # critic_values is the model's own view of the batch: the rollout recorded the same
     torch.testing.assert_close(values, batch.values.float(), atol=0, rtol=0)
     torch.testing.assert_close(last, batch.last_values.float(), atol=0, rtol=0)
+    cfg = PPOConfig(epochs=1, minibatches=1, critic_lr=1e-2)
+    truncated = torch.tensor([True, False, True, False, False, True])
+    for trunc in (None, truncated):
+        model = copy.deepcopy(base)
+        metrics, ret = fit_critic(
+            model, build_optimizer(model, cfg), copy.deepcopy(batch), rewards, cfg, gamma=0.9, truncated=trunc
+        )
+        boot = None if trunc is None else torch.where(trunc, last, torch.zeros_like(last))
+        want = monte_carlo_returns(rewards, mask, 0.9, boot)
+        torch.testing.assert_close(ret.double()[mask], want[mask], atol=1e-5, rtol=1e-5)
+        assert metrics["value_pretrain/returns_mean"] == pytest.approx(float(want[mask].mean()), abs=1e-5)
+        # the reference tells lam = 1 from the run's usual 0.95 on this batch
+        _, ret95 = compute_gae(rewards, values, mask, gamma=0.9, lam=0.95, last_value=boot)
+        assert not torch.allclose(ret95.double()[mask], want[mask], atol=1e-3)
 
 
 class Interrupted(Exception):
