@@ -5,6 +5,7 @@ before PPO iteration 0 with the `vapo` preset's options on real components."""
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -82,11 +83,12 @@ class Interrupted(Exception):
     """Stands in for the process being killed at that point."""
 
 
-def test_an_interrupted_value_pretraining_resumes_and_logs_each_iteration_once(tmp_path):
+def test_an_interrupted_value_pretraining_resumes_and_logs_each_iteration_once(tmp_path, empty_store):
     """Killed while sampling iteration 2, and (another time) between iteration 1's checkpoint
     and its MLflow point: each rerun continues from the last completed iteration with a fresh
     model and optimizer (a new process), ends with the critic an uninterrupted run fits, and
     the run's MLflow history holds each iteration's point once."""
+    from gae.paths import DataDir
     from gae.tracking import Tracker
     from gae.value_pretrain import pretrain_critic
 
@@ -108,7 +110,9 @@ def test_an_interrupted_value_pretraining_resumes_and_logs_each_iteration_once(t
 
     straight, want = run(tmp_path / "straight")
 
-    tracker = Tracker.start(tmp_path / "data", run_id="vp")
+    dd = DataDir.resolve(tmp_path / "data").ensure()
+    shutil.copyfile(empty_store, dd.mlflow_db)
+    tracker = Tracker.start(dd, run_id="vp")
     calls = []
 
     def log(k, metrics, only_new):
@@ -158,33 +162,36 @@ def test_value_pretraining_with_a_critic_free_estimator_is_refused():
 
 
 @pytest.mark.slow
-def test_pipeline_pretrains_the_critic_before_iteration_0(prefect_api, tmp_path):
+def test_pipeline_pretrains_the_critic_before_iteration_0(prefect_api, smoke_run, smoke_copy):
     """The smoke pipeline with the vapo preset's advantage and loss options: value pretraining
     logged to MLflow (explained variance before and after), its policy is iteration 0's start
     (same policy weights as the pretrained base, a different value head), and every option
-    shows in the metrics."""
+    shows in the metrics. In a copy of the session's smoke run (corpus ingested, model
+    pretrained), with fewer prompts: the run samples, pretrains the critic and trains only."""
     from flows.pipeline import rl_pipeline
     from gae.config import PRESETS, load_config
     from gae.models import load_model
     from gae.paths import DataDir
     from gae.tracking import get_client
-    from tests.test_pipeline import write_corpus
 
-    data_dir = tmp_path / "data"
+    data_dir = smoke_copy
     vapo = PRESETS["vapo"]
     overrides = {
         "advantages": vapo["advantages"],
         "ppo": {**vapo["ppo"], "value_pretrain_iterations": 2, "positive_score_threshold": 0.5},
         "shaping": vapo["shaping"],
         "iterations": 1,
-        "registry": {"enabled": False},
+        "prompts_per_iteration": 4,
+        "eval": {"n_prompts": 2},
+        "registry": {"enabled": False, "experiment": "vapo"},
     }
-    corpus = write_corpus(tmp_path / "corpus")
+    corpus = list(smoke_run["cfg"].corpus)
     cfg = load_config(
         preset="smoke",
-        overrides={**overrides, "data_dir": str(data_dir), "corpus": [str(corpus)], "run_name": "vapo"},
+        overrides={**overrides, "data_dir": str(data_dir), "corpus": corpus, "run_name": "vapo"},
     )
     result = rl_pipeline(cfg)
+    assert result["base"]["cached"]  # the smoke run's pretrained model
     client = get_client(data_dir)
     run = client.get_run(result["mlflow_run_id"])
     hist = {
