@@ -12,6 +12,7 @@ from prefect.utilities.annotations import quote
 
 from gae.config import PipelineConfig
 from tasks.advantages import compute_advantages
+from tasks.distributed import stage_tasks, worker_pool
 from tasks.ingest import ingest_task
 from tasks.pipeline import (
     complete_iteration,
@@ -23,10 +24,6 @@ from tasks.pipeline import (
 )
 from tasks.pretrain import pretrain_task
 from tasks.register import register_policy
-from tasks.rewards import score_rollouts
-from tasks.rollout import rollout_task
-from tasks.store import fill_train_logprobs, store_iteration
-from tasks.train import train_iteration
 from tasks.value_pretrain import value_pretrain_task
 
 
@@ -46,18 +43,27 @@ class _Clock:
 
 @flow(name="rl-iteration", log_prints=True)
 def rl_iteration(
-    cfg: dict, data_dir: str, run: dict, iteration: int, base: dict, policy_dir: str, kl_coef: float
+    cfg: dict,
+    data_dir: str,
+    run: dict,
+    iteration: int,
+    base: dict,
+    policy_dir: str,
+    kl_coef: float,
+    pool: str | None = None,
 ) -> dict:
-    """One PPO iteration; returns the new checkpoint, the next KL coefficient and the metrics."""
+    """One PPO iteration; returns the new checkpoint, the next KL coefficient and the metrics.
+    With a worker pool (`cluster.executor: ray`) the stages are their sharded twins."""
     from gae.paths import DataDir
 
     dd = DataDir.resolve(data_dir)
     it_dir = dd.iteration_dir(run["run_id"], iteration)
     stage = str(it_dir / "stage")  # store files wait here until the iteration is complete
     clock = _Clock()
+    run_ = stage_tasks(pool, iteration, cfg.get("cluster"))
     batch_dir = clock(
         "rollout",
-        rollout_task,
+        run_.rollout,
         data_dir,
         policy_dir,
         base["model_dir"],
@@ -69,7 +75,7 @@ def rl_iteration(
         device=cfg["device"],
         corpus=base.get("corpus"),
     )
-    scores_path = clock("reward", score_rollouts, batch_dir, cfg["rewards"])
+    scores_path = clock("reward", run_.reward, batch_dir, cfg["rewards"])
     adv = clock(
         "adv",
         compute_advantages,
@@ -82,7 +88,7 @@ def rl_iteration(
     )
     stored = clock(
         "store",
-        store_iteration,
+        run_.store,
         stage,
         run["run_id"],
         iteration,
@@ -93,7 +99,7 @@ def rl_iteration(
     )
     trained = clock(
         "update",
-        train_iteration,
+        run_.update,
         data_dir,
         run["run_id"],
         iteration,
@@ -107,7 +113,7 @@ def rl_iteration(
         total_iterations=cfg["iterations"],
         device=cfg["device"],
     )
-    clock("store", fill_train_logprobs, stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
+    clock("store", run_.fill, stage, run["run_id"], iteration, batch_dir, trained["train_logprobs"])
     ev = clock(
         "eval",
         evaluate_policy_task,
@@ -164,7 +170,11 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
     logger = get_run_logger()
     from flows.deployments import lock_hint
 
-    with writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}", **lock_hint()):
+    with (
+        writer_lock(dd.lock, what=f"rl-pipeline run {config.run_name}", **lock_hint()),
+        # executor=ray: the workers start first, so a cluster problem fails before any work
+        worker_pool(cfg["cluster"], config.device, dd.runs / f"{config.run_name}.workers.json") as pool,
+    ):
         summary = ingest_task(data_dir, config.corpus, cfg["ingest"], skip_unchanged=True)
         # the run's own corpus: a data directory may also hold corpora of earlier runs
         corpus = summary.get("corpus_id")
@@ -209,7 +219,7 @@ def rl_pipeline(config: PipelineConfig | None = None) -> dict:
             # are a subflow's results, and Prefect would record them (and any object whose id
             # it recycles) as flow-run inputs, which the UI's Task Runs tab cannot read (issue 17).
             for it in range(run["start_iteration"], config.iterations):
-                out = rl_iteration(*map(quote, (cfg, data_dir, run, it, base, policy_dir, kl_coef)))
+                out = rl_iteration(*map(quote, (cfg, data_dir, run, it, base, policy_dir, kl_coef, pool)))
                 policy_dir, kl_coef = out["model_dir"], out["kl_coef"]
                 history.append(out["metrics"])
             registered = None

@@ -43,19 +43,25 @@ equations above and is what every other backend is tested against.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable
 from enum import Enum
 from typing import Literal
 
 import torch
 
+from gae import deferred
 from gae.advantage_inputs import (
     AdvantageInputError,
     check_float_2d,
     check_mask,
+    error_from_record,
     first_bad_torch,
     lambdas,
+    record_torch,
+    reduce_records,
     row_lams,
     validated,
     value_error,
@@ -80,6 +86,7 @@ __all__ = [
     "grpo_advantages",
     "length_adaptive_lam",
     "parse_estimator",
+    "raise_pending",
     "reinforce_pp_advantages",
     "rloo_advantages",
     "tail_weights",
@@ -88,6 +95,8 @@ __all__ = [
 
 Backend = Literal["auto", "reference", "torch", "numba", "triton"]
 _BACKENDS = ("auto", "reference", "torch", "numba", "triton")
+Check = Literal["auto", "eager", "deferred", "off"]
+_CHECKS = ("auto", "eager", "deferred", "off")
 
 
 def length_adaptive_lam(mask: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -198,6 +207,51 @@ def _pick_backend(device: torch.device, backend: str) -> str:
     return "torch"
 
 
+def check_mode(check: str, device: torch.device, backend: str) -> str:
+    """The input-check mode a call runs: "eager", "deferred" or "off".
+
+    "auto" is deferred on CUDA and eager elsewhere; `GAE_CHECK=eager` in the environment makes
+    every call eager (a debugging switch, as CUDA_LAUNCH_BLOCKING=1 is for kernel errors). The
+    numba and reference backends always check eagerly, whatever `check` says, at no extra
+    cost: numba's checks ride in its single pass on the host (and it stops at the first bad
+    row, so its outputs past it are not GAE), and the reference is the slow path. Deferred and
+    skipped checks are the triton and torch backends'."""
+    if check not in _CHECKS:
+        raise AdvantageInputError(f"check must be one of {', '.join(_CHECKS)}, got {check!r}")
+    env = os.environ.get("GAE_CHECK", "")
+    if env not in ("", "eager"):
+        raise AdvantageInputError(f"GAE_CHECK must be 'eager' or unset, got {env!r}")
+    if env == "eager":
+        return "eager"
+    if check == "auto":
+        check = "deferred" if device.type == "cuda" else "eager"
+    if backend in ("numba", "reference"):
+        return "eager"
+    return check
+
+
+def _gae_triton_checked(r, v, m, lv, gamma, lam_a, lam_c, mode):
+    from gae.kernels.triton_gae import gae_triton
+
+    adv, ret, rec = gae_triton(r, v, m, lv, gamma, lam_a, lam_critic=lam_c, check=mode != "off")
+    if rec is not None:
+        _settle_record(rec, mode, *r.shape)
+    return adv, ret
+
+
+def _settle_record(rec: torch.Tensor, mode: str, B: int, T: int) -> None:
+    """Raise what the (N, 2) check records name now (eager: one host sync), or leave them
+    pending until the host next waits (deferred: none)."""
+    decode = functools.partial(error_from_record, B=B, T=T)
+    if mode == "deferred":
+        deferred.defer(rec, decode, reduce=reduce_records, label=f"compute_gae on a ({B}, {T}) batch")
+        return
+    key, bits = reduce_records(rec).view(2).tolist()
+    err = decode(key, bits)
+    if err is not None:
+        raise err
+
+
 def compute_gae(
     rewards: torch.Tensor,
     values: torch.Tensor,
@@ -208,6 +262,7 @@ def compute_gae(
     last_value: torch.Tensor | float | None = None,
     lam_critic: float | torch.Tensor | None = None,
     backend: Backend = "auto",
+    check: Check = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized Advantage Estimation over the action tokens of each row.
 
@@ -222,6 +277,16 @@ def compute_gae(
         lam_critic: lambda of the returns (the critic's targets), a float or `(B,)` tensor;
             None: `lam` (classic GAE). VC-PPO's decoupled GAE is `lam=0.95, lam_critic=1.0`.
         backend: "auto" (numba on CPU, Triton on CUDA, torch elsewhere), or one by name.
+        check: when the value checks (non-finite numbers, stray rewards, per-row lambdas out
+            of range) raise. "eager": before returning, a host sync on CUDA. "deferred": the
+            kernel records the first problem on the device and the call returns without
+            waiting; the error is raised at the next `gae.device.to_host(...).wait()`,
+            `raise_pending()`, or deferred call that finds the check finished (gae/deferred.py).
+            "off": not checked (bad input gives NaN or silently wrong outputs). "auto":
+            deferred on CUDA, eager elsewhere; `GAE_CHECK=eager` makes every call eager. The
+            numba and reference backends always check eagerly (it costs them no sync), also
+            with "off". Shape, dtype and scalar checks are always eager: they read nothing
+            from the device. Inside CUDA graph capture only "off" is accepted.
 
     Returns:
         `(advantages, returns)`, both `(B, T)` in the promoted dtype of rewards and values,
@@ -233,15 +298,29 @@ def compute_gae(
         AdvantageInputError (a ValueError): mismatched shapes, non-float dtypes, gamma or a
         lambda outside [0, 1] (a per-row lambda names its row), a non-finite reward or value
         at an action position, or a non-zero reward at a non-action position; value errors
-        name the first bad `[b, t]`.
+        name the first bad `[b, t]`. With deferred checks, the value and per-row lambda
+        errors come later, with the same message (see `check`).
     """
-    r, v, m, gamma, _, lv, odt = validated(rewards, values, mask, gamma, lam, last_value)
-    lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device)
-    name = _pick_backend(r.device, backend)
+    name = _pick_backend(
+        rewards.device if isinstance(rewards, torch.Tensor) else torch.device("cpu"), backend
+    )
     if name == "reference":
         return gae_reference(
             rewards, values, mask, gamma=gamma, lam=lam, last_value=last_value, lam_critic=lam_critic
         )
+    r, v, m, gamma, _, lv, odt = validated(
+        rewards, values, mask, gamma, lam, last_value, zeros_for_none=name != "triton"
+    )
+    mode = check_mode(check, r.device, name)
+    if mode != "off" and r.is_cuda and torch.cuda.is_current_stream_capturing():
+        # a replayed graph would rewrite one record nobody reads, and eager reads are refused
+        raise AdvantageInputError(
+            "compute_gae inside CUDA graph capture: its input checks read a record after the "
+            "kernel, which a graph cannot; pass check='off' there and check the inputs outside"
+        )
+    if mode == "deferred":
+        deferred.poll()  # an earlier call's finished check, without waiting
+    lam_a, lam_c = lambdas(lam, lam_critic, r.shape[0], r.device, sync=mode == "eager")
     if r.numel() == 0:
         z = torch.zeros(r.shape, dtype=odt, device=r.device)
         return z, z.clone()
@@ -251,17 +330,27 @@ def compute_gae(
         from gae.kernels.cpu import gae_cpu
 
         adv, ret, (code, b, t) = gae_cpu(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
+        if code:  # numba checks eagerly in every mode (check_mode)
+            raise value_error(code, b, t, r, v, lv)
     elif name == "triton":
-        from gae.kernels.triton_gae import gae_triton
-
-        adv, ret, (code, b, t) = gae_triton(r, v, m, lv, gamma, lam_a, lam_critic=lam_c)
+        adv, ret = _gae_triton_checked(r, v, m, lv, gamma, lam_a, lam_c, mode)
     else:
-        code, b, t = first_bad_torch(r, v, m, lv)
-        if not code:
-            adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam_a, lam_c)
-    if code:
-        raise value_error(code, b, t, r, v, lv)
+        if mode == "eager":
+            code, b, t = first_bad_torch(r, v, m, lv)
+            if code:
+                raise value_error(code, b, t, r, v, lv)
+        adv, ret = _gae_torch_loop(r, v, m, lv, gamma, lam_a, lam_c)
+        if mode == "deferred":
+            rec = record_torch(r, v, m, lv, lam_a, lam_c)
+            _settle_record(rec, mode, *r.shape)
     return adv.to(odt), ret.to(odt)
+
+
+def raise_pending() -> None:
+    """Wait for this thread's deferred input checks and raise the first that failed: the
+    `AdvantageInputError` an eager check would have raised (a host sync; see `compute_gae`'s
+    `check`). The pipeline needs no call: `gae.device.to_host(...).wait()` does the same."""
+    deferred.raise_pending()
 
 
 # --------------------------------------------------------------------------- weighted family

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gae.advantages import Estimator
+from gae.distributed.config import ClusterConfig
 from gae.ingest import IngestConfig
 from gae.models import ModelConfig
 from gae.pretrain import PretrainConfig
@@ -264,6 +265,12 @@ class PipelineConfig(BaseModel):
         title="Model registry",
         description="Where the trained policy is registered in MLflow.",
         json_schema_extra={"position": 15},
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig,
+        title="Advanced: cluster",
+        description="Where the stages run: this process (local) or sharded over Ray workers (ray).",
+        json_schema_extra={"position": 19},
     )
 
     @model_validator(mode="after")

@@ -11,6 +11,8 @@ import contextlib
 
 import torch
 
+from gae import deferred
+
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """Turn "auto" | "cpu" | "cuda" | "cuda:N" | "mps" (or a device) into a `torch.device`.
@@ -81,7 +83,8 @@ class HostCopy:
     On CUDA the copies go into pinned buffers with `non_blocking=True` on the current stream,
     followed by one event: the caller can queue more GPU work (e.g. the reference model's
     forward pass) before waiting, and the whole dict costs one synchronisation instead of
-    one per tensor. On the CPU the "copies" are the tensors themselves (contiguous).
+    one per tensor. On the CPU the "copies" are the tensors themselves (contiguous). The
+    wait is also where deferred input checks are read (issue 14).
     """
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
@@ -109,9 +112,13 @@ class HostCopy:
             self._events.append(ev)
 
     def wait(self) -> dict[str, torch.Tensor]:
+        """The host copies, once they landed. Raises the first failed deferred input check of
+        this thread's earlier `compute_gae` calls (gae/deferred.py): this is the wait they were
+        deferred to, so bad results never reach the file these copies are written to."""
         for ev in self._events:
             ev.synchronize()
         self._events = []
+        deferred.raise_pending()
         return dict(self._out)
 
 

@@ -5,9 +5,10 @@ some of pydantic's schema reads badly there (issue 17, each seen in a browser):
 
 - `X | None` is `anyOf: [X, {type: null}]`, which the form shows as tabs "X | None"; when
   the value is null it selects the None tab and shows 'Property is type "None"' instead of
-  an input. A field whose default is None becomes plain X without a default here: the box
-  starts empty, and an empty box sends nothing, so the model's default (None) applies. A
-  field with another default keeps its tabs, the null one titled "not set".
+  an input. A field whose default is None loses the null branch and the default here (plain
+  X, or the remaining tabs): the box starts empty, and an empty box sends nothing, so the
+  model's default (None) applies. A field with another default keeps its tabs, the null
+  one titled "not set".
 - The flow's own `config: PipelineConfig | None` would put the whole form under such tabs;
   it becomes the model alone.
 - `fixed` fields (the served preset) become read-only one-value selects: the form shows
@@ -42,16 +43,18 @@ def _nullable(prop: dict) -> dict | None:
 
 
 def _shape_property(prop: dict) -> dict:
-    inner = _nullable(prop)
-    if inner is None:
+    branches = prop.get("anyOf")
+    if not isinstance(branches, list) or not any(isinstance(b, dict) and _is_null(b) for b in branches):
         return prop
-    if "default" in prop and prop["default"] is None:
-        out = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
-        return {**inner, **out}
-    return {
-        **prop,
-        "anyOf": [b if not _is_null(b) else {"type": "null", "title": NULL_TITLE} for b in prop["anyOf"]],
-    }
+    others = [b for b in branches if not (isinstance(b, dict) and _is_null(b))]
+    if "default" in prop and prop["default"] is None and others:
+        # an empty box means the default: no null branch, no default to prefill
+        rest = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+        return {**others[0], **rest} if len(others) == 1 else {**rest, "anyOf": others}
+    titled = [
+        {"type": "null", "title": NULL_TITLE} if isinstance(b, dict) and _is_null(b) else b for b in branches
+    ]
+    return {**prop, "anyOf": titled}
 
 
 def _walk_properties(schema: dict):

@@ -95,7 +95,7 @@ def figures(data: dict[str, Any], *, iteration: int) -> dict[str, Any]:
         ax.plot(pos, col["adv_mean"], color="#2166ac", linewidth=1.4, label="mean")
         ax.plot(pos, col["adv_p10"], color="#b2182b", linewidth=0.8, linestyle="--", label="p10 / p90")
         ax.plot(pos, col["adv_p90"], color="#b2182b", linewidth=0.8, linestyle="--")
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=6, loc="upper left")  # "best" searches the data: a third of the draw
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xlabel("position in response", fontsize=8)
     ax.set_ylabel("advantage", fontsize=8)
@@ -111,7 +111,7 @@ def figures(data: dict[str, Any], *, iteration: int) -> dict[str, Any]:
         if both:
             lo, hi = min(both), max(both)
             ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.7, label="value = return")
-            ax.legend(fontsize=6, loc="best")
+            ax.legend(fontsize=6, loc="upper left")  # "best" searches the data: a third of the draw
     shown = f"{len(v)} of {data['n_tokens']} tokens" if len(v) < data["n_tokens"] else f"{len(v)} tokens"
     ax.set_xlabel(f"return (critic target); {shown}", fontsize=8)
     ax.set_ylabel("value", fontsize=8)
@@ -139,7 +139,7 @@ def figures(data: dict[str, Any], *, iteration: int) -> dict[str, Any]:
             pos, col["kl_p10"], col["kl_p90"], color="#b2182b", alpha=0.2, linewidth=0, label="p10-p90"
         )
         ax.plot(pos, col["kl_mean"], color="#b2182b", linewidth=1.4, label="mean")
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=6, loc="upper left")  # "best" searches the data: a third of the draw
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xlabel("position in response", fontsize=8)
     ax.set_ylabel("per-token KL", fontsize=8)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -228,12 +229,14 @@ def pretrain(
     cfg: PretrainConfig,
     out_dir: str | Path,
     device: str | torch.device = "auto",
+    progress: Callable[..., None] | None = None,
 ) -> PretrainResult:
     """Train a tokenizer (unless `tokenizer_path` is given) and the policy LM; write both to `out_dir`.
 
     `out_dir` then holds tokenizer.json, model.safetensors + config.json (loadable with
     `load_model`/`load_tokenizer`) and pretrain.json (this config and the result). When the
     eval split is too short for one window, the last 10% of the train stream is held out.
+    `progress`, when given, is called after every step with step, steps and loss.
     """
     started = time.perf_counter()
     device = resolve_device(device)
@@ -308,6 +311,8 @@ def pretrain(
             torch.nn.utils.clip_grad_norm_(model.actor_parameters(), cfg.grad_clip)
         opt.step()
         loss_val = float(loss.detach())
+        if progress is not None:
+            progress(step=step, steps=cfg.max_steps, loss=loss_val)
         out_of_time = cfg.max_seconds is not None and time.perf_counter() - t_train >= cfg.max_seconds
         if step % cfg.eval_interval == 0 or step == cfg.max_steps or out_of_time:
             ppl = math.exp(evaluate_nll(model, ex, ey, cfg.batch_size, device, cfg.bf16))

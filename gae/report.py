@@ -37,7 +37,7 @@ table.sum{border-collapse:collapse;margin:8px 0}table.sum td{padding:1px 14px 1p
 article{border:1px solid #d0d7de;border-radius:6px;padding:10px 14px;margin:10px 0}
 article h3{font-size:14px;margin:0 0 2px}article h3 .rank{display:inline-block;min-width:64px}
 .prompt{color:#57606a;font-size:13px;white-space:pre-wrap;margin:6px 0;max-height:4.5em;overflow:hidden}
-.tokens{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-word;margin:6px 0 0}
+.tokens{font:13px/1.9 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:break-spaces;overflow-wrap:anywhere;margin:6px 0 0}
 .t{border-radius:2px;padding:1px 0;box-shadow:inset -1px 0 rgba(0,0,0,.12);cursor:pointer}
 .t.obs{font-style:italic;color:#6e7781;background:repeating-linear-gradient(45deg,#eee,#eee 3px,#f8f8f8 3px,#f8f8f8 6px)}
 .t:hover,.t.pin{outline:2px solid #1f2328;outline-offset:0}
@@ -300,7 +300,7 @@ def _md_cell(text: str, limit: int = 80) -> str:
     text = tv.visible_text(text, -1)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return html.escape(text.replace("|", "¦").replace("`", "'"))
+    return html.escape(text.replace("|", "¦").replace("`", "'"), quote=False)
 
 
 def markdown(
@@ -311,12 +311,14 @@ def markdown(
     report_file: str,
     mlflow_path: str,
     mlflow_run_id: str,
+    mlflow_url: str | None = None,
     by: str = BY,
     images: dict[str, bytes] | None = None,
 ) -> str:
-    """A markdown summary of the report for the Prefect UI: where the page is, a table of
-    the rollouts it shows with their most negative and most positive tokens, and `images`
-    (name -> PNG bytes) inlined as data URIs (the Prefect UI allows `data:` images)."""
+    """A markdown summary of the report for the Prefect UI: where the page is (`mlflow_url`:
+    its page in an MLflow UI, when there is one), a table of the rollouts it shows with their
+    most negative and most positive tokens, and `images` (name -> PNG bytes) inlined as data
+    URIs (the Prefect UI allows `data:` images)."""
     import base64
 
     lines = [
@@ -324,7 +326,8 @@ def markdown(
         "",
         f"Token report (one HTML file, opens offline; hover a token for its numbers): `{report_file}`",
         "",
-        f"- in MLflow: artifact `{mlflow_path}` of run `{mlflow_run_id}` (run page → Artifacts)",
+        f"- in MLflow: artifact `{mlflow_path}` of run `{mlflow_run_id}` (run page → Artifacts)"
+        + (f": [open it]({mlflow_url})" if mlflow_url else ""),
         f"- again, or for any stored run: `gae report --run {run_id} -i {iteration}`;"
         f" in a terminal: `gae show --run {run_id} -i {iteration}`",
         "",

@@ -318,6 +318,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sampling_options(cfg: RolloutConfig, tok, device) -> dict:
+    """`sample_batch`'s keyword arguments from a rollout config: one place for every caller
+    (the sharded rollouts of `gae.distributed` must sample exactly as this module does)."""
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+        "eos_id": tok.eos_id,
+        "pad_id": tok.pad_id,
+        "device": device,
+        "bf16": cfg.bf16,
+        "decode": cfg.decode,
+        "cuda_graph": cfg.cuda_graph,
+        "check_every": cfg.check_every,
+    }
+
+
+def score_chunk(policy, ref, args: tuple, cfg: RolloutConfig, *, device, timing: dict):
+    """The policy's and the reference's `score_responses` of one chunk, `args` = (prompt_tokens,
+    prompt_mask) (B_c, P) and (response_tokens, action_mask) (B_c, T); adds the seconds to
+    timing["values"] and timing["ref"]. Every rollout's scoring pass, local or sharded."""
+    t0 = time.perf_counter()
+    with autocast(device, bf16=cfg.bf16):
+        out = score_responses(policy, *args)
+    _sync(device)
+    t1 = time.perf_counter()
+    with autocast(device, bf16=cfg.bf16):
+        ref_out = score_responses(ref, *args)
+    _sync(device)
+    # The policy's pass yields the stored log-probs and the critic's values together.
+    timing["values"] += t1 - t0
+    timing["ref"] += time.perf_counter() - t1
+    return out, ref_out
+
+
 def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig, *, device) -> RolloutBatch:
     """Sample `cfg.n_samples` responses per prompt and score them with the policy and the reference.
 
@@ -360,17 +396,7 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
                 policy,
                 [rows[row_prompt[r]] for r in idx],
                 [seeds[r] for r in idx],
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                eos_id=tok.eos_id,
-                pad_id=tok.pad_id,
-                device=device,
-                bf16=cfg.bf16,
-                decode=cfg.decode,
-                cuda_graph=cfg.cuda_graph,
-                check_every=cfg.check_every,
+                **sampling_options(cfg, tok, device),
             )
         )
     P = max(c["prompt_tokens"].shape[1] for c in chunks)
@@ -400,17 +426,7 @@ def generate_rollouts(policy, ref, tok, prompts: list[dict], cfg: RolloutConfig,
                 cat["response_tokens"][sl],
                 cat["action_mask"][sl],
             )
-            t0 = time.perf_counter()
-            with autocast(device, bf16=cfg.bf16):
-                out = score_responses(policy, *args)
-            _sync(device)
-            t1 = time.perf_counter()
-            with autocast(device, bf16=cfg.bf16):
-                ref_out = score_responses(ref, *args)
-            _sync(device)
-            # The policy's pass yields the stored log-probs and the critic's values together.
-            timing["values"] += t1 - t0
-            timing["ref"] += time.perf_counter() - t1
+            out, ref_out = score_chunk(policy, ref, args, cfg, device=device, timing=timing)
             logprobs.append(out.logprobs.float())
             values.append(out.values.float())
             last_values.append(out.last_values.float())

@@ -4,6 +4,10 @@ gradient, as hive-partitioned Parquet that DuckDB queries in place.
     <data>/tokens/run_id=R/iteration=I/part-0.parquet     one row per response token
     <data>/rollouts/run_id=R/iteration=I/part-0.parquet   one row per sequence
 
+An iteration written by sharded workers (`cluster.executor: ray`) has one file per shard,
+`part-0.parquet`, `part-1.parquet`, ...: each shard writes its rows, and readers glob
+`*.parquet`, so the parts read as one table.
+
 The schema below (`TOKENS`, `ROLLOUTS`) is the only place columns are defined; the writer,
 the empty views and the docs all read it. Every file carries `gaeflow.schema_version` and
 `gaeflow.table` in its Parquet key-value metadata. `run_id` and `iteration` are not stored
@@ -123,14 +127,16 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def partition_path(data_dir, table: str, run_id: str, iteration: int) -> Path:
-    """`<data>/<table>/run_id=R/iteration=I/part-0.parquet`."""
+def partition_path(data_dir, table: str, run_id: str, iteration: int, part: int = 0) -> Path:
+    """`<data>/<table>/run_id=R/iteration=I/part-<part>.parquet`."""
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; valid: {sorted(TABLES)}")
     if int(iteration) < 0:
         raise ValueError(f"iteration must be >= 0, got {iteration}")
+    if int(part) < 0:
+        raise ValueError(f"part must be >= 0, got {part}")
     root = getattr(_data_dir(data_dir), table)
-    return root / f"run_id={check_run_id(run_id)}" / f"iteration={int(iteration)}" / PART_FILE
+    return root / f"run_id={check_run_id(run_id)}" / f"iteration={int(iteration)}" / f"part-{int(part)}.parquet"
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,11 +351,14 @@ def write_iteration(
     scores,
     tokenizer=None,
     train_logprobs: torch.Tensor | None = None,
+    part: int | None = None,
 ) -> dict:
     """Write the tokens and rollouts files of (run_id, iteration), replacing earlier ones.
 
     batch: gae.batch.RolloutBatch; token_rewards, kl, advantages, returns, train_logprobs:
     (B, T); scores: gae.rewards.ScoreTable; tokenizer: anything with `token_texts(ids)`.
+    part: None writes the whole iteration (part-0) and removes other parts and markers an
+    earlier, sharded attempt left in the partition; k writes shard k's rows as part-k only.
     Returns {"tokens": path, "rollouts": path, "token_rows": n, "rollout_rows": B}.
     """
     B = batch.batch_size
@@ -367,8 +376,8 @@ def write_iteration(
         ("train_logprobs", train_logprobs),
     ):
         _check_bt(name, x, shape)
-    tok_path = partition_path(data_dir, "tokens", run_id, iteration)
-    roll_path = partition_path(data_dir, "rollouts", run_id, iteration)
+    tok_path = partition_path(data_dir, "tokens", run_id, iteration, part or 0)
+    roll_path = partition_path(data_dir, "rollouts", run_id, iteration, part or 0)
     tokens = tokens_frame(
         batch,
         token_rewards=token_rewards,
@@ -394,6 +403,9 @@ def write_iteration(
     # appears once its tokens are in place.
     _write_frame(tokens, tok_path, "tokens")
     _write_frame(rollouts, roll_path, "rollouts")
+    if part is None:
+        for path in (roll_path, tok_path):
+            _remove_other_parts(path)
     return {
         "tokens": str(tok_path),
         "rollouts": str(roll_path),
@@ -402,16 +414,25 @@ def write_iteration(
     }
 
 
+def _remove_other_parts(path: Path) -> None:
+    """Remove the files beside `path` that a sharded write of the same partition left: other
+    `*.parquet` parts and `_*` markers (a whole-iteration write replaces them all)."""
+    for other in path.parent.iterdir():
+        if other != path and other.is_file() and (other.suffix == ".parquet" or other.name.startswith("_")):
+            other.unlink()
+
+
 def fill_training_logprobs(
-    data_dir, *, run_id: str, iteration: int, train_logprobs: torch.Tensor, batch
+    data_dir, *, run_id: str, iteration: int, train_logprobs: torch.Tensor, batch, part: int = 0
 ) -> dict:
     """Set the train_logprob column of a written iteration (rewrites its tokens file atomically).
 
-    `batch` must be the batch that was written: its rows and masks locate the tokens.
+    `batch` must be the batch that was written (for a sharded write, the rows of `part`):
+    its rows and masks locate the tokens.
     """
     import polars as pl
 
-    path = partition_path(data_dir, "tokens", run_id, iteration)
+    path = partition_path(data_dir, "tokens", run_id, iteration, part)
     if not path.exists():
         raise FileNotFoundError(
             f"no tokens written for run {run_id!r} iteration {iteration} ({path} missing)"

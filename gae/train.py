@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -273,6 +274,7 @@ def ppo_update(
     scores: torch.Tensor | None = None,
     loss_rows: torch.Tensor | None = None,
     train_policy: bool = True,
+    rank_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """One iteration's PPO update of `model` in place.
 
@@ -305,6 +307,12 @@ def ppo_update(
             train_logprobs still covers every row. With no row left, no step is taken.
         train_policy: False trains the critic only (value pretraining): like a warm-up
             iteration, the policy's parameters take no step.
+        rank_rows: data parallel with the whole `batch` on every rank (gae.distributed): maps
+            a set of row indices to this rank's share of it (e.g. `idx.tensor_split(world)[rank]`).
+            Every rank then walks the single-process minibatches and whitens over the whole
+            batch, scores and backpropagates only its share, and `train_logprobs` (each row
+            scored by one rank) are summed over ranks at the end: one step equals the single
+            process's on the same minibatches. Needs `reduce_sum`.
 
     Returns:
         (metrics, train_logprobs): metrics with verl's names (floats); train_logprobs (B, T)
@@ -351,10 +359,11 @@ def ppo_update(
     scoring = {"score_fn": score_fn, "micro_batch_rows": cfg.micro_batch_rows, "bf16": cfg.bf16}
     train_logprobs = torch.zeros(B, action_mask.shape[1], dtype=torch.float32, device=device)
     t0 = time.perf_counter()
+    share = rank_rows or (lambda rows: rows)  # data parallel: this rank's rows of a row set
     if cfg.score_before_update:
         n_mb = min(cfg.minibatches, B)
         chunks = torch.arange(B, device=device).tensor_split(n_mb)
-        score_rollout(model, batch, chunks, train_logprobs, **scoring)
+        score_rollout(model, batch, [c for c in map(share, chunks) if len(c)], train_logprobs, **scoring)
     metrics["timing_s/old_log_prob"] = time.perf_counter() - t0
 
     # 2. advantages: whitened over the batch's action tokens
@@ -378,6 +387,7 @@ def ppo_update(
     if not bool(mask.any()):
         schedule = iter(())  # every row dropped (dynamic sampling): nothing to learn from
     for epoch, k, idx in schedule:
+        idx = share(idx)
         optimizer.zero_grad(set_to_none=True)
         mb_metrics: dict[str, float] = defaultdict(float)
         total_loss = 0.0
@@ -463,11 +473,15 @@ def ppo_update(
         for key, val in mb_metrics.items():
             sums[key] += val
             counts[key] += 1
+    if rank_rows is not None:
+        scored = reduce_sum(scored.to(torch.int64)) > 0  # rows another rank scored
     if not cfg.score_before_update and not bool(scored.all()):
         # an early stop left rows of the first epoch unvisited: score them now (no grad), so the
         # store's train_logprob is the trainer's view, not a 0.0 that reads as probability 1
-        rest = (~scored).nonzero().squeeze(1)
-        score_rollout(model, batch, (rest,), train_logprobs, **scoring)
+        rest = share((~scored).nonzero().squeeze(1))
+        score_rollout(model, batch, (rest,) if len(rest) else (), train_logprobs, **scoring)
+    if rank_rows is not None:
+        train_logprobs = reduce_sum(train_logprobs)  # each row from the one rank that scored it
     t_done = time.perf_counter()
     model.train(was_training)
 

@@ -126,11 +126,12 @@ def _partition_files(root: Path, table: str, run_id: str, iteration: int) -> Pat
 
 def resume_key(config: dict) -> dict:
     """The settings that make a run what it is: a rerun with the same ones resumes it. Where the
-    data lives, the device, the rollout chunk size and decode loop (samples do not depend on them:
+    data lives, the device, where the stages run (`cluster`: a run started locally resumes on
+    Ray and back), the rollout chunk size and decode loop (samples do not depend on them:
     per-row seeds) and whether or under which name the policy is registered do not change the run."""
     from gae.rollout import EXECUTION_FIELDS
 
-    key = {k: v for k, v in config.items() if k not in ("data_dir", "resume", "device")}
+    key = {k: v for k, v in config.items() if k not in ("data_dir", "resume", "device", "cluster")}
     key["rollout"] = {k: v for k, v in config.get("rollout", {}).items() if k not in EXECUTION_FIELDS}
     key["registry"] = {"experiment": config.get("registry", {}).get("experiment")}
     return key
@@ -292,6 +293,7 @@ def log_token_views(data_dir: str, run: dict, iteration: int, tracker, *, key: s
 
     from gae import plots, report
     from gae.paths import DataDir
+    from gae.tracking import tracking_uri
 
     t0 = time.perf_counter()
     dd = DataDir.resolve(data_dir)
@@ -303,6 +305,11 @@ def log_token_views(data_dir: str, run: dict, iteration: int, tracker, *, key: s
         mlflow_path = tracker.log_report(built.page, iteration=iteration)
         tracker.log_figures(built.figures, iteration=iteration)
         thumb = {"advantage_by_position": plots.png_bytes(built.figures["advantage_by_position"], dpi=60)}
+        uri = tracking_uri(dd)
+        ui = None
+        if uri.startswith(("http://", "https://")):  # a tracking server: its UI opens the artifact
+            exp = tracker.client.get_run(tracker.run_id).info.experiment_id
+            ui = f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{tracker.run_id}/artifacts/{mlflow_path}"
         create_markdown_artifact(
             key=key,
             markdown=report.markdown(
@@ -312,6 +319,7 @@ def log_token_views(data_dir: str, run: dict, iteration: int, tracker, *, key: s
                 report_file=str(file),
                 mlflow_path=mlflow_path,
                 mlflow_run_id=run["mlflow_run_id"],
+                mlflow_url=ui,
                 images=thumb,
             ),
             description=f"token report, iteration {iteration} of {run['run_id']}",

@@ -66,6 +66,7 @@ def pretrain_task(
     from gae.models import ModelConfig
     from gae.paths import DataDir
     from gae.pretrain import PretrainConfig, pretrain
+    from gae.progress import Progress, pretrain_progress
 
     mcfg = ModelConfig.model_validate(model_cfg)
     pcfg = PretrainConfig.model_validate(pretrain_cfg)
@@ -93,10 +94,10 @@ def pretrain_task(
         )
     else:
         log.info("pretrain: %d train / %d eval documents -> %s", len(train_texts), len(eval_texts), out)
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out) as tmp, Progress("pretrain", unit="steps", tty=False, emit=log.info) as bar:
             res = pretrain(
                 train_texts, eval_texts, tokenizer_path=mcfg.hf_path if mcfg.arch == "hf" else None,
-                model_cfg=mcfg, cfg=pcfg, out_dir=tmp, device=device,
+                model_cfg=mcfg, cfg=pcfg, out_dir=tmp, device=device, progress=pretrain_progress(bar),
             )  # fmt: skip
         result = res.model_dump()
         log.info(

@@ -85,26 +85,10 @@ def rollout_task(
     from gae.tokenizer import load_tokenizer
 
     cfg = RolloutConfig.model_validate({**rollout_cfg, "seed": seed})
-    if prompts_path is not None:
-        prompts = _read_prompts_file(prompts_path)[:n_prompts]
-    else:
-        if data_dir is None:
-            raise ValueError("rollout: give data_dir (DuckDB prompts) or prompts_path")
-        prompts = _fetch_prompts(
-            data_dir, split=split, n_prompts=n_prompts, seed=seed, prompt_ids=prompt_ids, corpus=corpus
-        )
-    if not prompts:
-        raise ValueError(f"rollout: no prompts found (split={split!r}, n_prompts={n_prompts})")
-    key = {
-        "policy_dir": str(policy_dir),
-        "ref_dir": str(ref_dir),
-        "tokenizer": str(tokenizer_path),
-        "rollout": cfg.model_dump(),
-        "prompt_ids": [str(p["prompt_id"]) for p in prompts],
-    }
+    prompts = load_prompts(data_dir, n_prompts, seed, split, prompt_ids, prompts_path, corpus)
+    key = batch_key(policy_dir, ref_dir, tokenizer_path, cfg, prompts)
     out = Path(out_dir)
-    done = (out / "batch.json").exists() and (out / "batch.safetensors").exists()
-    if done and json.loads((out / "batch.json").read_text()).get("meta", {}).get("task_key") == key:
+    if saved_batch(out, key):
         return str(out)
     dev = resolve_device(device)
     policy = load_model(policy_dir, device=dev)
@@ -115,3 +99,36 @@ def rollout_task(
     # batch.json is written last, so a batch with the key is complete
     (out / "batch.json").unlink(missing_ok=True)
     return str(batch.save(out))
+
+
+def load_prompts(data_dir, n_prompts, seed, split, prompt_ids, prompts_path, corpus) -> list[dict]:
+    """The rollout's prompts (see `rollout_task`); an empty selection is an error."""
+    if prompts_path is not None:
+        prompts = _read_prompts_file(prompts_path)[:n_prompts]
+    else:
+        if data_dir is None:
+            raise ValueError("rollout: give data_dir (DuckDB prompts) or prompts_path")
+        prompts = _fetch_prompts(
+            data_dir, split=split, n_prompts=n_prompts, seed=seed, prompt_ids=prompt_ids, corpus=corpus
+        )
+    if not prompts:
+        raise ValueError(f"rollout: no prompts found (split={split!r}, n_prompts={n_prompts})")
+    return prompts
+
+
+def batch_key(policy_dir, ref_dir, tokenizer_path, cfg, prompts: list[dict]) -> dict:
+    """What decides a batch's contents; saved in its metadata, so a rerun reuses a batch made
+    from the same inputs (by either executor: they give the same batch)."""
+    return {
+        "policy_dir": str(policy_dir),
+        "ref_dir": str(ref_dir),
+        "tokenizer": str(tokenizer_path),
+        "rollout": cfg.model_dump(),
+        "prompt_ids": [str(p["prompt_id"]) for p in prompts],
+    }
+
+
+def saved_batch(out: Path, key: dict) -> bool:
+    """Whether `out` holds a complete batch saved with `key` (batch.json is written last)."""
+    done = (out / "batch.json").exists() and (out / "batch.safetensors").exists()
+    return done and json.loads((out / "batch.json").read_text()).get("meta", {}).get("task_key") == key

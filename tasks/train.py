@@ -55,6 +55,33 @@ def train_iteration(
     """Returns {"checkpoint", "model_dir" (the updated policy), "kl_coef" (for the next
     iteration, after the KL controller saw `mean_kl`), "metrics" (floats, verl names),
     "train_logprobs" (path of a safetensors file with `train_logprobs` (B, T))}."""
+    return update_iteration(
+        data_dir, run_id, iteration, policy_dir, batch_dir, advantages_path, ppo_cfg, shaping_cfg,
+        kl_coef=kl_coef, mean_kl=mean_kl, total_iterations=total_iterations, device=device,
+    )  # fmt: skip
+
+
+def update_iteration(
+    data_dir: str,
+    run_id: str,
+    iteration: int,
+    policy_dir: str,
+    batch_dir: str,
+    advantages_path: str,
+    ppo_cfg: dict,
+    shaping_cfg: dict,
+    *,
+    kl_coef: float,
+    mean_kl: float | None = None,
+    total_iterations: int | None = None,
+    device: str = "auto",
+    reduce_sum=None,
+    rank_rows=None,
+    writer: bool = True,
+) -> dict:
+    """`train_iteration`'s work. With `reduce_sum` and `rank_rows` (`gae.train.ppo_update`) it is
+    one rank of a data-parallel update (`cluster.executor: ray`): every rank reads the same
+    files and takes the same step, and only the `writer` saves the log-probs and checkpoint."""
     from safetensors.torch import save_file
 
     from gae.batch import RolloutBatch
@@ -114,6 +141,8 @@ def train_iteration(
         total_iterations=total_iterations,
         scores=scores.total.to(dev) if scores is not None else None,
         loss_rows=loss_rows,
+        reduce_sum=reduce_sum,
+        rank_rows=rank_rows,
     )
     metrics.update(json.loads(meta.get("metrics", "{}")))  # the advantage step's statistics
     if scores is not None:
@@ -135,6 +164,13 @@ def train_iteration(
     upd = metrics.get("timing_s/update", 0.0)
     metrics["perf/update_tokens_per_s"] = n_tokens * cfg.epochs / upd if upd else 0.0
 
+    if not writer:
+        return {
+            "checkpoint": str(ckpt),
+            "model_dir": str(ckpt / "policy"),
+            "kl_coef": next_kl,
+            "metrics": metrics,
+        }
     t1 = time.perf_counter()
     with atomic_path(lp_path) as tmp:
         save_file(to_host({"train_logprobs": train_lp}).wait(), str(tmp))  # the store's copy

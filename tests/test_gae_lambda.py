@@ -24,6 +24,7 @@ from gae.advantages import (
     estimate,
     gae_reference,
     length_adaptive_lam,
+    raise_pending,
 )
 from gae.kernels import triton_available
 from gae.kernels.cpu import gae_cpu
@@ -60,6 +61,7 @@ def gae(rewards, values, mask, *, backend="auto", **kw):
     adv, ret = compute_gae(
         to(rewards), to(values), to(mask), backend=backend, **{k: to(x) for k, x in kw.items()}
     )
+    raise_pending()  # on CUDA the input checks are deferred: raised here, before reading back
     return adv.cpu(), ret.cpu()
 
 
@@ -154,8 +156,8 @@ def test_two_accumulator_kernels_with_equal_lambdas_are_bit_identical_to_the_sin
 
         xa, xr = gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, backend="triton")
         d = TRITON_DEVICE
-        a, q, code = gae_triton(r.to(d), v.to(d), m.to(d), lv.to(d), 0.99, 0.95, lam_critic=0.95)
-        assert code == (0, -1, -1) and torch.equal(a.cpu(), xa) and torch.equal(q.cpu(), xr)
+        a, q, rec = gae_triton(r.to(d), v.to(d), m.to(d), lv.to(d), 0.99, 0.95, lam_critic=0.95)
+        assert bool((rec[:, 0] == 2**63 - 1).all()) and torch.equal(a.cpu(), xa) and torch.equal(q.cpu(), xr)
 
 
 def test_critic_lambda_one_gives_monte_carlo_returns_whatever_the_values():
@@ -261,31 +263,19 @@ def test_lambda_validation_names_the_argument_and_row():
 
 
 # Compiles the per-row kernel for an H100 (sm_90) with Triton's bundled NVIDIA toolchain, no GPU
-# needed, for both scans (DECOUPLED False: 5 fields, True: 8) in float32 and float64, with the
-# argument types Triton's launcher derives from what `gae_triton` passes.
+# needed, for both scans of each lambda (one accumulator; per-row and decoupled: two) in float32
+# and float64, typed as Triton's launcher types `gae_triton`'s call (bench/gae_sass.py).
 AOT_SCRIPT = """
 import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from triton.runtime.jit import mangle_type
-from gae.kernels.triton_gae import _block_for, _gae_row_lam
+from bench.gae_sass import compile_sm90
+from gae.kernels.triton_gae import launch_config
 
 out = {}
 for dt, T in (("fp32", 4096), ("fp64", 8192)):
     for decoupled in (False, True):
-        sig, consts = {}, {}
-        for name in _gae_row_lam.arg_names:
-            if name == "BLOCK":
-                sig[name], consts[name] = "constexpr", _block_for(T)
-            elif name == "DECOUPLED":
-                sig[name], consts[name] = "constexpr", decoupled
-            elif name == "T":
-                sig[name] = mangle_type(T, specialize=True)
-            else:
-                sig[name] = {"m_ptr": "*u8", "bad_ptr": "*i32"}.get(name, f"*{dt}")
-        k = triton.compile(ASTSource(fn=_gae_row_lam, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32))
-        out[f"{dt}/{decoupled}"] = len(k.asm["cubin"])
+        for scan in ("gather", "affine"):
+            k = compile_sm90(dt, T, launch_config(T, scan=scan), decoupled=decoupled)
+            out[f"{dt}/{decoupled}/{scan}"] = k["cubin"] if k["spilled"] == 0 else -1
 json.dump(out, sys.stdout)
 """
 
@@ -299,11 +289,14 @@ def test_per_row_triton_kernel_compiles_for_h100():
 
     pytest.importorskip("triton.backends.nvidia", reason="triton without its NVIDIA backend")
     env = {**os.environ, "TRITON_INTERPRET": "0"}  # compile for real, not interpret
+    env.pop("GAE_TRITON_CONFIG", None)
     root = Path(__file__).resolve().parents[1]
     p = subprocess.run(
         [sys.executable, "-c", AOT_SCRIPT], capture_output=True, text=True, env=env, cwd=root, timeout=300
     )
     assert p.returncode == 0, p.stderr[-3000:]
     sizes = json.loads(p.stdout)
-    assert set(sizes) == {"fp32/False", "fp32/True", "fp64/False", "fp64/True"}
-    assert all(n > 0 for n in sizes.values())
+    assert set(sizes) == {
+        f"{dt}/{d}/{s}" for dt in ("fp32", "fp64") for d in (False, True) for s in ("gather", "affine")
+    }
+    assert all(n > 0 for n in sizes.values()), sizes  # compiled, and nothing spilled

@@ -35,17 +35,13 @@ def smoke_overrides(data_dir: Path, corpus: Path) -> list[str]:
     return [f"data_dir={data_dir}", f'corpus=["{corpus}"]', "run_name=smoke"]
 
 
-def test_smoke_pipeline_end_to_end(prefect_api, tmp_path):
-    from flows.pipeline import rl_pipeline
-    from gae.config import load_config
+def test_smoke_pipeline_end_to_end(smoke_run):
+    """On the session's smoke run (tests/conftest.py `smoke_run`: this module's corpus and
+    overrides, run once and shared with the modules that read its store)."""
     from gae.tracking import get_client
 
-    data_dir = tmp_path / "data"
-    cfg = load_config(preset="smoke", overrides=smoke_overrides(data_dir, write_corpus(tmp_path / "corpus")))
-    t0 = time.perf_counter()
-    result = rl_pipeline(cfg)
-    wall = time.perf_counter() - t0
-    print(f"smoke pipeline wall time {wall:.1f} s")
+    data_dir, cfg, result = smoke_run["data_dir"], smoke_run["cfg"], smoke_run["result"]
+    print(f"smoke pipeline wall time {smoke_run['wall_s']:.1f} s")
     assert len(result["iterations"]) == cfg.iterations
 
     # DuckDB: the corpus, and per-token rows of every iteration through the views.

@@ -141,3 +141,34 @@ def test_text_from_the_model_cannot_become_markup():
     assert page.spans["0:0"]["text"] == evil and page.spans["0:1"]["text"] == "&amp;↵"
     assert page.data["scale"] == 0.5
     assert page.spans["0:1"]["style"].startswith(f"background:{tv.to_hex(tv.NEGATIVE)};")
+
+
+def test_markdown_summary_lists_rollouts_and_links_the_page():
+    views = [
+        tv.RolloutView(
+            rank="worst 1",
+            row={"rollout_id": "r/0", "score": 0.1, "response": "a|b`c\nd"},
+            tokens=[
+                tv.TokenRow(i, i, t, True, {**{k: 0.0 for k in tv.NUMBERS}, "advantage": a})
+                for i, (t, a) in enumerate([("a|", -0.5), ("b", 0.25), ("c", 0.75), ("d", -0.125)])
+            ],
+        )
+    ]
+    md = rp.markdown(
+        views,
+        run_id="run-1",
+        iteration=2,
+        report_file="/data/reports/run-1/iter-00002.html",
+        mlflow_path="reports/iter-00002.html",
+        mlflow_run_id="abc",
+        mlflow_url="http://mlflow:5000/#/experiments/1/runs/abc/artifacts/reports/iter-00002.html",
+        images={"advantage_by_position": b"\x89PNG"},
+    )
+    assert "`/data/reports/run-1/iter-00002.html`" in md
+    assert "[open it](http://mlflow:5000/#/experiments/1/runs/abc/artifacts/reports/iter-00002.html)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| worst 1"))
+    assert row.count("|") == 7  # the response's pipe and backtick cannot break the table
+    assert "a¦b'c↵d" in row
+    lowest, highest = row.split("|")[5], row.split("|")[6]
+    assert lowest.index("-0.500") < lowest.index("-0.125") and "+0.750" in highest.split(",")[0]
+    assert "data:image/png;base64,iVBORw==" in md

@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
         from gae.ingest import IngestConfig, ingest
         from gae.lock import writer_lock
         from gae.paths import DataDir
+        from gae.progress import Progress, ingest_progress
 
         cfg = IngestConfig(
             text_field=text_field,
@@ -75,6 +76,16 @@ def register(app: typer.Typer) -> None:
         dd.root.mkdir(parents=True, exist_ok=True)
         # One writer per data directory: a running flow holds this lock, and DuckDB's own lock would
         # otherwise fail later with a less helpful message.
-        with writer_lock(dd.lock, what="gae ingest"):
-            summary = ingest(paths or None, data_dir=dd, options=cfg)
+        # --json is for scripts: no bar and no progress lines
+        emit = (lambda line: None) if as_json else _stderr
+        with (
+            writer_lock(dd.lock, what="gae ingest"),
+            Progress("ingest", unit="files", emit=emit, tty=False if as_json else None) as bar,
+        ):
+            summary = ingest(paths or None, data_dir=dd, options=cfg, progress=ingest_progress(bar))
+            bar.update(completed=summary.files, total=summary.files)  # the last file's chunks are in
         typer.echo(summary.model_dump_json(indent=2) if as_json else summary.render())
+
+
+def _stderr(line: str) -> None:
+    typer.echo(line, err=True)

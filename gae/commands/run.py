@@ -21,9 +21,12 @@ def prefect_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def option_values(data_dir, iterations, device, run_name, corpus, no_resume) -> dict:
+def option_values(
+    data_dir, iterations, device, run_name, corpus, no_resume, executor=None, workers=None
+) -> dict:
     """`gae run`'s typed options as config values. They go in as they are, not through YAML
     like `--set`: a run name "007" or "on" stays a string, a path with a quote stays that path."""
+    cluster = {k: v for k, v in (("executor", executor), ("workers", workers)) if v is not None}
     return {
         "data_dir": str(data_dir) if data_dir is not None else None,
         "iterations": iterations,
@@ -31,6 +34,7 @@ def option_values(data_dir, iterations, device, run_name, corpus, no_resume) -> 
         "run_name": run_name,
         "corpus": list(corpus) or None,
         "resume": False if no_resume else None,
+        "cluster": cluster or None,
     }
 
 
@@ -58,13 +62,25 @@ def register(app: typer.Typer) -> None:
         no_resume: bool = typer.Option(
             False, "--no-resume", help="Start a new run even if one is unfinished."
         ),
+        executor: str | None = typer.Option(
+            None,
+            help="local (one process) or ray (sharded over Ray workers; see README, 'Running on a cluster').",
+        ),
+        workers: int | None = typer.Option(None, help="Ray workers with --executor ray (cluster.workers)."),
     ) -> None:
         """Run rl-pipeline: ingest -> pretrain -> PPO iterations -> MLflow registry. Rerunning resumes."""
         prefect_env()
         from gae.config import load_config
 
-        values = option_values(data_dir, iterations, device, run_name, corpus, no_resume)
+        values = option_values(data_dir, iterations, device, run_name, corpus, no_resume, executor, workers)
         cfg = load_config(preset=preset, path=config, overrides=list(set_), values=values)
+        if cfg.cluster.executor == "ray":  # one line now, not after Prefect has started
+            from gae.distributed.cluster import check_address, import_ray, target_address
+
+            address = target_address(cfg.cluster)
+            import_ray(local_start=address is None)
+            if address is not None:
+                check_address(address)
 
         # Fail fast, before Prefect starts, when another run holds the data directory.
         from gae.lock import writer_lock

@@ -121,7 +121,10 @@ async def serve_until_signalled(deployments, *, on_ready=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if on_ready is not None:
+    # "ready" only once the runner is up: a stop right after it then finds a started runner
+    while not runner.started and not task.done() and not stop.is_set():
+        await asyncio.sleep(0.05)
+    if on_ready is not None and runner.started and not stop.is_set():
         on_ready(ids)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -133,6 +136,8 @@ async def serve_until_signalled(deployments, *, on_ready=None) -> None:
     try:
         if runner.started:
             await asyncio.wait_for(runner.astop(), RUNNER_STOP_S)
+        else:  # still starting: cancelling start() exits the runner's context (pausing the schedules)
+            task.cancel()
         await asyncio.wait_for(task, RUNNER_STOP_S)
     except (asyncio.TimeoutError, asyncio.CancelledError, Exception) as exc:  # stopping: say it, go on
         task.cancel()
@@ -168,12 +173,17 @@ def register(app: typer.Typer) -> None:
         dd = DataDir.resolve(cfg.data_dir)
         cfg = cfg.model_copy(update={"data_dir": str(dd.root)})
         server = None
-        if not os.environ.get("PREFECT_API_URL"):
-            server = LocalServer(port, dd.root / "prefect-server.log")
-            os.environ["PREFECT_API_URL"] = server.start()
-            os.environ.setdefault("PREFECT_UI_URL", ui_url(port))
+        # Until the runner takes the signals over, SIGTERM stops startup like Ctrl-C does,
+        # through the `finally` below: the server already started must not outlive us.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
+            if not os.environ.get("PREFECT_API_URL"):
+                server = LocalServer(port, dd.root / "prefect-server.log")
+                os.environ["PREFECT_API_URL"] = server.start()
+                os.environ.setdefault("PREFECT_UI_URL", ui_url(port))
             _serve(cfg, cron)
+        except KeyboardInterrupt:
+            typer.echo("interrupted while starting", err=True)
         finally:
             if server is not None:
                 server.stop()
@@ -185,6 +195,10 @@ def register(app: typer.Typer) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _serve(cfg, cron: str) -> None:

@@ -32,7 +32,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gae.ingest.config import (
@@ -152,6 +152,7 @@ def ingest(
     *,
     data_dir: DataDir | str | os.PathLike | None = None,
     options: IngestConfig | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> IngestSummary:
     """Ingest files, folders and globs (or, with paths=None, the embedded default corpus).
 
@@ -160,7 +161,8 @@ def ingest(
     whole and the other files are still read (`IngestSummary.files_failed`). A failure to write aborts:
     IngestAborted (DiskFull, also an OSError, for a full disk) naming the database and the file, after
     rolling that file back; files committed before it stay, the ingest is recorded as failed in
-    `ingests`, and rerunning the same command completes it.
+    `ingests`, and rerunning the same command completes it. `progress`, when given, is called
+    after each file (or group of small files) with files_done, files_total and bytes_read.
     """
     from gae.db import connect
 
@@ -181,6 +183,8 @@ def ingest(
         ingest_id=new_ingest_id(), database=str(dd.db), skipped_files=[str(p) for p in skipped]
     )
     total = len(files) if paths is not None else 1
+    # the default corpus is read before anything is written: an interpreter without it is an error of input
+    default = _default_unit() if paths is None else None
     try:
         con = connect(dd, views=False)
     except Exception as exc:
@@ -193,9 +197,11 @@ def ingest(
         con.execute("set preserve_insertion_order = false")
         inputs = json.dumps([str(p) for p in paths]) if paths is not None else None
         _exec(con, "start_ingest", {"ingest_id": summary.ingest_id, "inputs": inputs})
-        units = _units(con, files, cfg) if paths is not None else iter([_default_unit()])
+        units = _units(con, files, cfg) if default is None else iter([default])
         for srcs, make_chunks in units:
             run.unit(srcs, make_chunks)
+            if progress is not None:
+                progress(files_done=len(summary.sources), files_total=total, bytes_read=summary.bytes_read)
         run.totals()
         _exec(con, "finish_ingest", run.record())
     except BaseException as exc:

@@ -10,9 +10,10 @@ commit has ended the transaction) never replaces the error that caused it.
 
 from __future__ import annotations
 
-import errno
 import os
 import zlib
+
+from gae import errors
 
 
 class IngestAborted(RuntimeError):
@@ -20,12 +21,18 @@ class IngestAborted(RuntimeError):
     Rerunning the same command is safe (an ingest is idempotent)."""
 
 
-class DiskFull(OSError, IngestAborted):
-    """The disk (or quota) holding the database is full. An OSError with errno ENOSPC (or EDQUOT), so
-    callers that handle OS errors see it as one, and an IngestAborted like any other abort."""
+class DiskFull(errors.DiskFull, IngestAborted):
+    """The disk (or quota) holding the database is full: gae.errors.DiskFull (an OSError with errno ENOSPC
+    naming the database, which the CLI prints as it is) with what the ingest had stored, and an
+    IngestAborted like any other abort."""
 
-    def __str__(self) -> str:  # the message, without OSError's `[Errno 28]` prefix
-        return str(self.strerror)
+    def __init__(self, path: str | os.PathLike, detail: str = "", message: str | None = None):
+        super().__init__(path, detail)
+        if message:
+            self.strerror = message
+
+    def __reduce__(self):  # pickled by Prefect with a failed task's state
+        return (type(self), (self.filename, self.detail, self.strerror))
 
 
 class ReadFailed(Exception):
@@ -37,11 +44,8 @@ class ReadFailed(Exception):
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """A full disk or exhausted quota, raised by Python (errno) or by DuckDB (its message)."""
-    codes = (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, OSError) and exc.errno in codes:
-        return True
-    return any(os.strerror(c) in str(exc) for c in codes)
+    """A full disk or exhausted quota, whichever library reported it (`gae.errors.as_disk_full`)."""
+    return errors.as_disk_full(exc) is not None
 
 
 def is_read_failure(exc: BaseException) -> bool:
@@ -62,13 +66,13 @@ def abort_error(
     """The one-line error for an ingest stopped by `exc` while writing `source` (None: before the first
     file or after the last), after `stored` of `total` files were committed."""
     kept = f"{stored} of {total} files were stored before it"
+    lost = f", none of {source}'s rows were kept" if source else ""
     if is_disk_full(exc):
-        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.ENOSPC
-        lost = f", none of {source}'s rows were kept" if source else ""
         return DiskFull(
-            code,
-            f"no space left on the disk of {database} ({describe(exc)}); {kept}{lost}. Free space there and "
-            "rerun the same command: files already stored add nothing",
+            database,
+            describe(exc),
+            f"no space left on the disk of {database} ({describe(exc)}); {kept}{lost}. Free space there "
+            "and rerun the same command: files already stored add nothing",
         )
     if source:
         return IngestAborted(

@@ -165,7 +165,8 @@ class _Writer:
         # passes need only a prefix of each text (n stays the whole length): a long document is not copied
         # whole into each pass's state. The leading whitespace is measured by a regexp (ltrim would copy).
         src = con.sql(
-            """select document_id, split, left(text, pos + $span) as text, n, pos
+            """select document_id, split, case when n > pos + $span then left(text, pos + $span) else text end as text,
+                      n, pos
                from (select document_id, split, text, length(text) as n, length(regexp_extract(text, $lead)) as pos
                      from _new where prompt is null)""",
             params={
