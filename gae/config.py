@@ -66,7 +66,8 @@ class AdvantageConfig(BaseModel):
     dynamic_sampling: Literal["off", "drop"] = Field(
         "off",
         description="DAPO's dynamic sampling for group estimators (arXiv 2503.14476): drop leaves groups whose "
-        "scores are all equal (zero advantage) out of every loss; the dropped fraction is logged.",
+        "scores are all equal (zero advantage) out of every loss, judged on the score before the overlong "
+        "penalty (DAPO judges on accuracy); the dropped fraction is logged.",
     )
 
     @model_validator(mode="after")
@@ -285,6 +286,12 @@ class PipelineConfig(BaseModel):
             )
         if self.advantages.estimator.value == "power" and self.advantages.p is None:
             raise ValueError("advantages.estimator=power needs advantages.p (the exponent of w_k ∝ k^-p)")
+        if self.ppo.value_pretrain_iterations > 0 and not self.advantages.estimator.needs_critic:
+            raise ValueError(
+                f"ppo.value_pretrain_iterations={self.ppo.value_pretrain_iterations} fits the critic, and "
+                f"advantages.estimator={self.advantages.estimator.value} uses none: set "
+                "ppo.value_pretrain_iterations=0, or use estimator gae, uniform or power"
+            )
         m = self.model
         if m.arch == "gpt":  # checked here, not ~10 s into a run (issue 12)
             if m.n_embd % m.n_head:

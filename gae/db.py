@@ -51,7 +51,9 @@ def connect(
     (views=False skips them: ingest never reads Parquet, and gae.store imports torch).
     confine=True (what `gae sql` and `gae query` use) leaves the connection able to read
     files under the data directory only, with no extensions and no setting changes
-    (`gae.sqlsafe.lock_down`); the store views read Parquet there, so they keep working.
+    (`gae.sqlsafe.lock_down`); the store views read Parquet there, so they keep working. The
+    confined connection is a private in-memory instance with the file attached, so other
+    connections to the same file in the process keep their settings.
     """
     import duckdb
 
@@ -64,7 +66,10 @@ def connect(
     # No network at run time: never fetch an extension behind the user's back.
     config = {"autoinstall_known_extensions": False}
     try:
-        con = duckdb.connect(str(path), read_only=read_only, config=config)
+        if confine:
+            con = _attach_private(path, read_only=read_only)
+        else:
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
     except duckdb.Error as exc:
         msg = str(exc)
         if "Could not set lock" in msg or "Conflicting lock" in msg:
@@ -85,6 +90,27 @@ def connect(
             from gae.sqlsafe import lock_down
 
             lock_down(con, allowed_directories=[str(dd.root)])
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _attach_private(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection of its own in-memory DuckDB instance with the database file attached as
+    `gae` (the name `duckdb.connect` gives it) and made the default.
+
+    Settings belong to a database instance, and connections to one file within a process share
+    theirs: locking down such a connection would also lock every other connection to the file
+    in the process (a flow's tasks, a test). A private instance is locked alone."""
+    import duckdb
+
+    from gae.sqlsafe import NO_EXTENSIONS
+
+    con = duckdb.connect(":memory:", config=dict(NO_EXTENSIONS))
+    try:
+        con.execute("attach $path as gae" + (" (read_only)" if read_only else ""), {"path": str(path)})
+        con.execute("use gae")
     except BaseException:
         con.close()
         raise

@@ -507,7 +507,9 @@ def sql(inputs: RewardInputs, *, expression: str) -> list[float]:
             rel = con.table("rollouts").select(duckdb.ColumnExpression("row_idx"), score.alias("score"))
             rows = rel.order("row_idx").fetchall()
         except duckdb.Error as e:
-            raise ValueError(f"sql reward: expression {expression!r} failed: {e}") from e
+            raise ValueError(
+                f"sql reward: expression {expression!r} failed: {' '.join(str(e).split())}"
+            ) from e
     finally:
         con.close()
     return [r[1] for r in rows]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gae.batch import RolloutBatch
 from gae.decode import (
@@ -66,9 +66,9 @@ class RolloutConfig(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass; 1 = off.")
     max_new_tokens: int = Field(64, ge=1, description="Response length limit (finish_reason 'length').")
     seed: int = Field(0, description="Base seed; row seeds derive from (seed, prompt_id, sample index).")
-    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
-        description="Rows generated (and scored) together. auto or null: on CUDA as many as "
+        description="Rows generated (and scored) together. auto: on CUDA as many as "
         "memory_fraction of the free device memory holds (KV cache, sampling and forward-pass "
         "memory per row), up to max_batch_size; 64 elsewhere.",
     )
@@ -96,6 +96,13 @@ class RolloutConfig(BaseModel):
         description="Store score_responses log-probs (ratio exactly 1) instead of the sampling-time ones.",
     )
     bf16: bool = Field(False, description="bf16 autocast on CUDA (ignored on CPU).")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _null_batch_size_is_auto(cls, v):
+        # Configs saved while null also meant auto still load; the field itself is not
+        # nullable, so the run form shows two choices (rows, auto) rather than three.
+        return "auto" if v is None else v
 
 
 # Fields that change how fast rollouts run, not which tokens they draw (per-row seeds): a rerun

@@ -282,6 +282,25 @@ def add_overlong_component(table, batch, buffer: int, penalty: float):
     )
 
 
+def score_without_overlong(table) -> torch.Tensor:
+    """(B,) float64: the sequence score of `table` (a `gae.rewards.ScoreTable`) before DAPO's
+    overlong penalty, sum_k w_k * component_k over every component but `overlong`; `total`
+    itself when there is no overlong component.
+
+    What DAPO's dynamic sampling judges on (arXiv 2503.14476, eq. 11: 0 < #correct < G, on
+    accuracy, not on the length-shaped reward): a group whose samples are all correct but of
+    different lengths differs only by the length penalty, and is still a group without signal.
+    Summed from the stored float32 components, so equal components give bitwise-equal scores
+    (subtracting the penalty from the float32 total could leave a rounding difference)."""
+    if OVERLONG_COLUMN not in table.components:
+        return table.total.double()
+    out = torch.zeros_like(table.total, dtype=torch.float64)
+    for name, col in table.components.items():
+        if name != OVERLONG_COLUMN:
+            out += table.weights[name] * col.double()
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # KL coefficient controllers
 

@@ -390,6 +390,7 @@ def legend(by: str, scale: float, steps: int = 9):
 def numbers_table(view: RolloutView, by: str, scale: float):
     """A compact table: one row per token, every stored number, the `by` column coloured."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
     table.add_column("pos", justify="right")
@@ -397,7 +398,7 @@ def numbers_table(view: RolloutView, by: str, scale: float):
     for k in NUMBERS:
         table.add_column(SHORT[k], justify="right")
     for t in view.tokens:
-        cells = [str(t.position), visible_text(t.token, t.token_id)]
+        cells = [str(t.position), Text(visible_text(t.token, t.token_id))]  # Text: never read as markup
         for k in NUMBERS:
             v = t.values[k]
             cell = "-" if v is None else f"{v:.3f}"

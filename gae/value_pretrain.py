@@ -21,11 +21,16 @@ targets use the configured lam (0.95 by default), i.e. they bootstrap from the c
 trained, and it spends one of `iterations`. Value pretraining runs before iteration 0, is not
 counted in `iterations`, and its targets are lam = 1 returns, independent of the critic.
 
-`fit_critic` is one pretraining iteration on a batch; `tasks.value_pretrain` loops it over
-fresh rollouts.
+`fit_critic` is one pretraining iteration on a batch; `pretrain_critic` loops it over fresh
+rollouts (drawn by a callable, so the sampling, scoring and logging stay with the caller,
+`tasks.value_pretrain`) with a checkpoint after every iteration: an interrupted pretraining
+resumes from its last completed iteration, and logs each iteration's metrics once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -62,13 +67,13 @@ def fit_critic(
     truncated: torch.Tensor | None = None,
     iteration: int = 0,
     score_fn: ScoreFn | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], torch.Tensor]:
     """One value-pretraining iteration on `batch` (a RolloutBatch of the frozen policy) with
     per-token `rewards` (B, T): lam = 1 targets, a critic-only `ppo_update`, explained
     variance before and after. `truncated` (B,) bool: rows whose targets bootstrap from the
     critic's value after their last token (the run's `bootstrap_truncated`); None: all
     terminal. The batch's values are replaced by the current critic's (the value clip's
-    anchor). Returns `value_pretrain/*` metrics."""
+    anchor). Returns (`value_pretrain/*` metrics, the returns (B, T) the critic was fitted to)."""
     values, last_values = critic_values(
         model, batch, score_fn=score_fn, micro_batch_rows=cfg.micro_batch_rows
     )
@@ -94,4 +99,80 @@ def fit_critic(
         "value_pretrain/vf_loss": metrics.get("critic/vf_loss", float("nan")),
         "value_pretrain/returns_mean": float(ret[mask].mean()) if bool(mask.any()) else 0.0,
         "value_pretrain/update_steps": metrics["actor/update_steps"],
-    }
+    }, ret
+
+
+# One pretraining iteration's inputs: (batch, rewards (B, T), truncated (B,) bool or None).
+SampleFn = Callable[[int], tuple]
+# (iteration, metrics, only_new): log an iteration's metrics; only_new when they may have been
+# logged already (the iteration checkpointed just before an interruption).
+LogFn = Callable[[int, dict, bool], None]
+
+
+def pretrain_critic(
+    model,
+    optimizer: torch.optim.Optimizer,
+    cfg: PPOConfig,
+    *,
+    iterations: int,
+    sample: SampleFn,
+    gamma: float,
+    state_dir: str | Path,
+    log: LogFn | None = None,
+    score_fn: ScoreFn | None = None,
+) -> dict[str, float]:
+    """`iterations` value-pretraining iterations (`fit_critic` on `sample(k)`, k = 0, 1, ...),
+    resumable. Returns the last iteration's metrics plus `value_pretrain/explained_var_first`
+    (before any fitting).
+
+    After iteration k the critic, the optimizer state, the RNGs and the metrics so far are
+    checkpointed under `state_dir/checkpoints` (`gae.checkpoint`, written atomically), then
+    `log(k, metrics, False)` is called. A call that finds a checkpoint of iteration j restores
+    it into `model` and `optimizer`, logs iteration j's metrics again with only_new=True (the
+    interruption may have come between the checkpoint and the log) and continues at j + 1;
+    `sample(k)` must return the same batch for the same k (rollout seeds derived from k), so
+    the resumed fit equals an uninterrupted one.
+    """
+    from gae.checkpoint import (
+        checkpoint_dir,
+        latest_checkpoint,
+        load_checkpoint,
+        prune_checkpoints,
+        save_checkpoint,
+    )
+
+    if iterations < 1:
+        raise ValueError(f"pretrain_critic: iterations must be >= 1, got {iterations}")
+    state_dir = Path(state_dir)
+    start, first, metrics = 0, None, {}
+    resumed = latest_checkpoint(state_dir)
+    if resumed is not None:
+        state = load_checkpoint(resumed, model=model, optimizer=optimizer)
+        start, first, metrics = state["iteration"] + 1, state["extra"]["first"], state["extra"]["metrics"]
+        if log is not None:
+            log(state["iteration"], metrics, True)
+    for k in range(start, iterations):
+        batch, rewards, truncated = sample(k)
+        metrics, _ = fit_critic(
+            model,
+            optimizer,
+            batch,
+            rewards,
+            cfg,
+            gamma=gamma,
+            truncated=truncated,
+            iteration=k,
+            score_fn=score_fn,
+        )
+        first = metrics["value_pretrain/explained_var_before"] if first is None else first
+        save_checkpoint(
+            checkpoint_dir(state_dir, k),
+            model=model,
+            optimizer=optimizer,
+            iteration=k,
+            extra={"first": first, "metrics": metrics},
+        )
+        prune_checkpoints(state_dir, keep=1)
+        if log is not None:
+            log(k, metrics, False)
+    return {**metrics, "value_pretrain/explained_var_first": first}

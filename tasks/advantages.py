@@ -46,7 +46,7 @@ def compute_advantages(
     from gae.device import resolve_device, to_host
     from gae.fsutil import atomic_path
     from gae.rewards import ScoreTable
-    from gae.shaping import ShapingConfig, sequence_kl, shape_rewards
+    from gae.shaping import ShapingConfig, score_without_overlong, sequence_kl, shape_rewards
 
     dev = resolve_device(device)
     batch = RolloutBatch.load(batch_dir, device=dev)
@@ -100,8 +100,9 @@ def compute_advantages(
     if advantage_cfg.get("dynamic_sampling", "off") == "drop":
         # DAPO: groups whose sequence scores are all equal get zero group-baseline advantage (near
         # zero with KL in the rewards); the trainer leaves them out of its losses. Judged on the
-        # scores, as DAPO judges on accuracy, not on KL-shaped sums.
-        flat = zero_variance_groups(scores.total.to(dev), batch.group_ids.to(dev))  # (B,)
+        # scores before the overlong length penalty, as DAPO judges on accuracy, not on
+        # length- or KL-shaped sums (gae.shaping.score_without_overlong).
+        flat = zero_variance_groups(score_without_overlong(scores).to(dev), batch.group_ids.to(dev))  # (B,)
         tensors["loss_rows"] = (~flat).to(torch.uint8)
         n_groups = int(torch.unique(batch.group_ids).numel())
         n_flat = int(torch.unique(batch.group_ids.to(dev)[flat]).numel())

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from tasks.retry import unless_disk_full
+
 
 @task(name="start-run")
 def start_run(data_dir: str, config: dict, *, resume: bool = True) -> dict:
@@ -137,7 +139,7 @@ def resume_key(config: dict) -> dict:
     return key
 
 
-@task(name="publish-iteration", retries=2, retry_delay_seconds=1)
+@task(name="publish-iteration", retries=2, retry_delay_seconds=1, retry_condition_fn=unless_disk_full)
 def publish_iteration(data_dir: str, staging_dir: str, run_id: str, iteration: int) -> dict:
     """Move the staged Parquet files of an iteration into the store: each file by one atomic
     rename, so a reader sees the old file or the new one; files of an earlier attempt at the
@@ -181,7 +183,7 @@ def publish_iteration(data_dir: str, staging_dir: str, run_id: str, iteration: i
 PUBLISH_MANIFEST = "_publish.json"
 
 
-@task(name="complete-iteration", retries=2, retry_delay_seconds=1)
+@task(name="complete-iteration", retries=2, retry_delay_seconds=1, retry_condition_fn=unless_disk_full)
 def complete_iteration(
     data_dir: str, run_name: str, iteration: int, summary: dict, keep_staging: bool = False
 ) -> None:

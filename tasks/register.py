@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.retry import unless_disk_full
+
 
 def _eval_score(data_dir: str, run: dict) -> tuple[float, int]:
     """(eval/reward/mean, iteration) of the last completed iteration in the run state."""
@@ -42,7 +44,7 @@ def _baseline_score(data_dir: str, run: dict) -> float | None:
     return float(value) if value is not None else None
 
 
-@task(name="register-policy", retries=2, retry_delay_seconds=2)
+@task(name="register-policy", retries=2, retry_delay_seconds=2, retry_condition_fn=unless_disk_full)
 def register_policy(
     data_dir: str,
     run: dict,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from prefect import task
 
+from tasks.retry import unless_disk_full
 
-@task(name="store-iteration", retries=2, retry_delay_seconds=1)
+
+@task(name="store-iteration", retries=2, retry_delay_seconds=1, retry_condition_fn=unless_disk_full)
 def store_iteration(
     data_dir: str,
     run_id: str,
@@ -45,7 +47,7 @@ def store_iteration(
     )
 
 
-@task(name="fill-train-logprobs", retries=2, retry_delay_seconds=1)
+@task(name="fill-train-logprobs", retries=2, retry_delay_seconds=1, retry_condition_fn=unless_disk_full)
 def fill_train_logprobs(
     data_dir: str, run_id: str, iteration: int, batch_dir: str, train_logprobs_path: str
 ) -> dict:
@@ -61,7 +63,7 @@ def fill_train_logprobs(
     )
 
 
-@task(name="delete-iterations-after", retries=2, retry_delay_seconds=1)
+@task(name="delete-iterations-after", retries=2, retry_delay_seconds=1, retry_condition_fn=unless_disk_full)
 def delete_iterations_after(data_dir: str, run_id: str, iteration: int) -> list[int]:
     """Resume cleanup: drop stored iterations > `iteration` of the run; returns those removed."""
     from gae.store import delete_iterations_after as delete

@@ -4,7 +4,9 @@
 them, shape rewards, and fit the critic on lambda = 1 returns (`gae.value_pretrain.fit_critic`).
 Writes the policy with its pretrained critic to `<run>/value-pretrain/policy` and logs
 `value_pretrain/*` to the run's MLflow run (step = pretraining iteration), explained variance
-before and after each iteration among them. Resumable: a finished pretraining is reused.
+before and after each iteration among them. Resumable: a finished pretraining is reused, an
+interrupted one continues from its last completed iteration (`gae.value_pretrain.pretrain_critic`
+checkpoints each under `<run>/value-pretrain/checkpoints`) without logging a point twice.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def value_pretrain_task(data_dir: str, run: dict, base: dict, policy_dir: str, c
     from gae.shaping import ShapingConfig, shape_rewards
     from gae.tracking import Tracker
     from gae.train import PPOConfig, build_optimizer
-    from gae.value_pretrain import fit_critic
+    from gae.value_pretrain import pretrain_critic
     from tasks.rewards import score_rollouts
     from tasks.rollout import rollout_task
 
@@ -61,9 +63,8 @@ def value_pretrain_task(data_dir: str, run: dict, base: dict, policy_dir: str, c
         experiment=cfg["registry"]["experiment"],
         mlflow_run_id=run["mlflow_run_id"],
     )
-    first = None
-    metrics: dict[str, float] = {}
-    for k in range(n):
+
+    def sample(k: int):
         # the initial policy samples every batch: only the critic changes
         batch_dir = rollout_task.fn(
             data_dir,
@@ -83,19 +84,21 @@ def value_pretrain_task(data_dir: str, run: dict, base: dict, policy_dir: str, c
         truncated = None
         if cfg["advantages"].get("bootstrap_truncated", False):
             truncated = torch.tensor([f == "length" for f in batch.finish_reasons], device=dev)
-        metrics = fit_critic(
-            model,
-            optimizer,
-            batch,
-            rewards,
-            ppo,
-            gamma=cfg["advantages"].get("gamma", 1.0),
-            truncated=truncated,
-            iteration=k,
-        )
-        first = metrics["value_pretrain/explained_var_before"] if first is None else first
-        tracker.log_metrics(metrics, step=k)
-    metrics["value_pretrain/explained_var_first"] = first
+        return batch, rewards, truncated
+
+    def log(k: int, metrics: dict, only_new: bool) -> None:
+        tracker.log_metrics(metrics, step=k, only_new=only_new)
+
+    metrics = pretrain_critic(
+        model,
+        optimizer,
+        ppo,
+        iterations=n,
+        sample=sample,
+        gamma=cfg["advantages"].get("gamma", 1.0),
+        state_dir=out,
+        log=log,
+    )
     model_dir = save_model(model, out / "policy", extra={"value_pretrain": metrics})
     result = {"model_dir": str(model_dir), "metrics": metrics}
     atomic_write_json(done, result)

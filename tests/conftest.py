@@ -87,3 +87,16 @@ def smoke_run(prefect_api, tmp_path_factory):
     t0 = time.perf_counter()
     result = rl_pipeline(cfg)
     return {"data_dir": data_dir, "cfg": cfg, "result": result, "wall_s": time.perf_counter() - t0}
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path):
+    """A copy of the session smoke run's data directory: its corpus ingested and its model
+    pretrained, so a run there on the same corpus (`smoke_run["cfg"].corpus`) and model config
+    skips both. A run in it must log to an MLflow experiment of its own: the copied store's
+    experiment keeps the original's artifact location."""
+    import shutil
+
+    data_dir = tmp_path / "smoke-copy"
+    shutil.copytree(smoke_run["data_dir"], data_dir)
+    return data_dir

@@ -165,3 +165,86 @@ def test_ingest_default_corpus(tmp_path):
     assert s["inserted"] > 1000 and s["prompts"] > 1000 and s["quarantined"] == 0
     assert s["records"] == s["inserted"] + s["duplicates"]
     assert all(f["source"].startswith("python-stdlib:") for f in s["sources"])
+
+
+def test_confining_gae_sql_leaves_other_connections_to_the_file_alone(data_dir, tmp_path):
+    """DuckDB settings belong to a database instance, which connections to one file share in a
+    process: `gae sql` (and `gae query`) must lock down a private instance, not the one another
+    connection in the process (a flow's task, a test) reads through."""
+    from gae.db import connect
+
+    outside = tmp_path / "outside.csv"
+    outside.write_text("a\n1\n2\n")
+    read_outside = f"select sum(a) from read_csv('{outside}')"
+    other = connect(data_dir, read_only=True, views=False)
+    try:
+        confined = connect(data_dir, read_only=True, views=False, confine=True)
+        try:
+            with pytest.raises(Exception, match="file system operations are disabled"):
+                confined.sql(read_outside).fetchall()
+            assert confined.sql("select count(*) from documents").fetchall() == [(2,)]
+            assert confined.sql("select count(*) from gae.main.prompts").fetchall()[0][0] >= 0
+        finally:
+            confined.close()
+        out = runner.invoke(app, ["query", "corpus_summary", "--data-dir", str(data_dir), "-f", "json"])
+        assert out.exit_code == 0, out.output
+        out = runner.invoke(app, ["sql", read_outside, "--data-dir", str(data_dir)])
+        assert "outside the data directory" in str(out.exception)
+        # the connection opened before still reads files anywhere and changes its settings
+        assert other.sql(read_outside).fetchall() == [(3,)]
+        other.execute("set threads = 1")
+        assert other.sql("select current_setting('lock_configuration')").fetchall() == [(False,)]
+    finally:
+        other.close()
+    later = connect(data_dir, read_only=True, views=False)
+    try:
+        assert later.sql(read_outside).fetchall() == [(3,)]
+    finally:
+        later.close()
+
+
+def test_table_cells_and_headers_are_shown_as_they_are_not_as_markup(data_dir):
+    q = """select '[/x]' as a, '[red]hi[/red]' as "[b]h[/b]", 'a [bold]b' as c"""
+    out = runner.invoke(app, ["sql", q, "--data-dir", str(data_dir)])
+    assert out.exit_code == 0, (out.output, out.exception)
+    for shown in ("[/x]", "[red]hi[/red]", "[b]h[/b]", "a [bold]b"):
+        assert shown in out.output, out.output
+
+
+def test_a_parquet_error_blames_a_store_part_only_when_it_is_about_one(data_dir, tmp_path):
+    """A typo in a file name is DuckDB's own line and reads no store part (the store here has a
+    broken tokens part that a scan would find); damage is named when the query reads it."""
+    import shutil
+
+    from gae.store import write_iteration
+    from tests.test_store import make_batch, outputs
+
+    d = tmp_path / "data"
+    shutil.copytree(data_dir, d)
+    for it in (0, 1):
+        batch = make_batch(seed=it)
+        write_iteration(d, run_id="r", iteration=it, batch=batch, **outputs(batch, seed=it))
+    tokens = d / "tokens" / "run_id=r" / "iteration=1" / "part-0.parquet"
+    tokens.write_bytes(tokens.read_bytes()[:100])  # the footer is gone
+    rollouts = d / "rollouts" / "run_id=r" / "iteration=0" / "part-0.parquet"
+    raw = bytearray(rollouts.read_bytes())
+    raw[100:1500] = bytes((b * 7 + 3) % 256 for b in raw[100:1500])  # pages, not the footer
+    rollouts.write_bytes(bytes(raw))
+
+    def error(query: str) -> str:
+        out = runner.invoke(app, ["sql", query, "--data-dir", str(d)])
+        assert out.exit_code != 0 and isinstance(out.exception, RuntimeError), out.output
+        return str(out.exception)
+
+    msg = error("select * from read_parquet('missing.parquet')")
+    assert "missing.parquet" in msg and "store part" not in msg, msg
+    msg = error("select * from read_parquet('missing.parquet'")  # a parse error
+    assert "store part" not in msg, msg
+    # a store part read by its path, a footer DuckDB cannot read
+    msg = error(f"select count(*) from read_parquet('{tokens}')")
+    assert msg.startswith(f"tokens: the store part {tokens} is unreadable"), msg
+    # damage inside a page names no file: the parts of the table the query reads are checked
+    msg = error("select * from rollouts")
+    assert (
+        msg.startswith(f"rollouts: the store part {rollouts} is unreadable") and "gae doctor --fix" in msg
+    ), msg

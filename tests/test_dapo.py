@@ -153,8 +153,9 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_logs_the_fraction(tiny_
     torch.testing.assert_close(
         table.total.double(), others + table.components["overlong"].double(), atol=1e-6, rtol=0
     )
-    # dropped rows: exactly the zero-variance groups of the scores, and the logged fractions
-    flat = zero_variance_groups(table.total, batch.group_ids)
+    # dropped rows: exactly the zero-variance groups of the scores before the overlong penalty
+    # (DAPO judges on accuracy), and the logged fractions
+    flat = zero_variance_groups(others, batch.group_ids)
     assert torch.equal(tensors["loss_rows"].bool(), ~flat)
     groups = batch.group_ids
     n_flat = len(set(groups[flat].tolist()))
@@ -168,6 +169,49 @@ def test_dynamic_sampling_drops_zero_variance_groups_and_logs_the_fraction(tiny_
     assert 0 < n_flat < len(set(groups.tolist()))  # some groups dropped, some kept
     kept = int((~flat & batch.action_mask.any(1)).sum())
     assert metrics["actor/loss_rows_frac"] == pytest.approx(kept / int(batch.action_mask.any(1).sum()))
+
+
+def test_dynamic_sampling_judges_groups_before_the_overlong_penalty(tiny_policy):
+    """A group whose samples all score the same but differ in length (so in the overlong
+    penalty, part of the total) is still a group without signal and is dropped."""
+    from gae.batch import RolloutBatch
+    from gae.rewards import ScoreTable
+    from tasks.advantages import compute_advantages, load_advantages
+    from tasks.rollout import rollout_task
+
+    root, pol, tk, prompts = tiny_policy
+    with disable_run_logger():
+        batch_dir = rollout_task.fn(
+            *(None, pol, pol, tk, {"n_samples": 4, "max_new_tokens": 12, "temperature": 1.5}),
+            out_dir=str(root / "overlong-judge" / "batch"),
+            prompts_path=prompts,
+            device="cpu",
+        )
+    batch = RolloutBatch.load(batch_dir)
+    B, groups = batch.batch_size, batch.group_ids
+    first = groups == groups[0]
+    correct = torch.ones(B)
+    correct[first.nonzero()[0, 0]] = 0.0  # the first group varies in accuracy, every other is all correct
+    overlong = -0.1 * torch.arange(B, dtype=torch.float32)  # a different penalty on every row
+    table = ScoreTable(
+        total=(correct.double() * 0.5 + overlong.double()).float(),
+        components={"correct": correct, "overlong": overlong},
+        weights={"correct": 0.5, "overlong": 1.0},
+    )
+    scores = table.save(root / "overlong-judge" / "scores.safetensors")
+    with disable_run_logger():
+        adv = compute_advantages.fn(
+            batch_dir,
+            str(scores),
+            {"estimator": "grpo", "dynamic_sampling": "drop"},
+            {},
+            kl_coef=0.0,
+            device="cpu",
+        )
+    assert load_advantages(adv["path"])["loss_rows"].bool().tolist() == first.tolist()
+    n_groups = len(set(groups.tolist()))
+    assert adv["metrics"]["dynamic_sampling/dropped_groups_frac"] == pytest.approx((n_groups - 1) / n_groups)
+    assert n_groups > 1
 
 
 def test_decoupled_and_length_adaptive_lambda_through_the_task(tiny_policy):

@@ -178,15 +178,39 @@ def test_a_broken_database_is_one_line_naming_it(data_dir, damage):
 
 
 def test_config_file_errors_name_the_file(tmp_path):
+    """One subprocess for the command line's contract (exit code 1, one `error:` line, no
+    traceback, nothing created); the other files through the same command in this process,
+    as the line `gae.errors.user_message` makes of the error."""
+    from typer.testing import CliRunner
+
+    from gae.cli import _register_all, app
+    from gae.errors import user_message
+
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout: {n_samples: 4\n  bad: [\n")
     line = error_line(gae("run", "-c", str(bad), "--data-dir", str(tmp_path / "d")))
     assert f"config file {bad}: not valid YAML (line 2 column 6" in line, line
     assert not (tmp_path / "d").exists()
-    line = error_line(gae("config", "-c", str(tmp_path)))
-    assert f"config file {tmp_path} is a folder" in line, line
+
+    _register_all()
+    runner = CliRunner()
+
+    def message(*args: str) -> str:
+        res = runner.invoke(app, list(args))
+        assert res.exit_code != 0 and res.exception is not None, res.output
+        return user_message(res.exception)
+
+    assert f"config file {tmp_path} is a folder" in message("config", "-c", str(tmp_path))
+    assert f"config file {tmp_path} is a folder" in message(
+        "run", "-c", str(tmp_path), "--data-dir", str(tmp_path / "d")
+    )
+    assert f"config file {bad}: not valid YAML (line 2 column 6" in message("config", "-c", str(bad))
     bad.write_bytes(b"\xff\xfe\x00")
-    assert f"config file {bad} is not UTF-8" in error_line(gae("config", "-c", str(bad)))
+    assert f"config file {bad} is not UTF-8" in message("config", "-c", str(bad))
+    assert f"config file {tmp_path / 'none.yaml'} does not exist" in message(
+        "config", "-c", str(tmp_path / "none.yaml")
+    )
+    assert not (tmp_path / "d").exists()
 
 
 def test_sizes_a_run_would_fail_on_are_refused_before_it_starts(tmp_path):
@@ -314,19 +338,23 @@ if os.environ.get("GAE_TEST_FULL_AT_REGISTRATION") == "1":
 
 @pytest.mark.slow
 def test_a_run_past_a_broken_old_part_and_a_full_disk_at_registration_recovers(
-    data_dir, tmp_path, prefect_api, empty_store
+    tmp_path, prefect_api, smoke_run, smoke_copy
 ):
     """A truncated part of a finished run does not stop a new run; a full disk at registration
     (cleanup failing too) is one error line naming mlflow.db, with no traceback and the run shown
-    as interrupted; rerunning the same command registers exactly one model and finishes."""
+    as interrupted; rerunning the same command registers exactly one model and finishes.
+
+    On a copy of the session's smoke run (`smoke_copy`: its corpus ingested, its model
+    pretrained), the runs here sample, train and register only, in their own experiment and
+    under their own model name."""
     from prefect.settings import PREFECT_API_URL
 
     from gae.tracking import get_client
-    from tests.test_pipeline import write_corpus
 
-    part = data_dir / "tokens" / "run_id=old-run" / "iteration=1" / "part-0.parquet"
+    data_dir = smoke_copy
+    smoke_id = smoke_run["result"]["run_id"]
+    part = next((data_dir / "tokens" / f"run_id={smoke_id}").rglob("*.parquet"))
     part.write_bytes(part.read_bytes()[:100])
-    shutil.copyfile(empty_store, data_dir / "mlflow.db")
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(FULL_AT_REGISTRATION)
@@ -335,9 +363,11 @@ def test_a_run_past_a_broken_old_part_and_a_full_disk_at_registration_recovers(
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PYTHONPATH": f"{hooks}{os.pathsep}{REPO}",
     }
-    args = ["run", "--preset", "smoke", "--corpus", str(write_corpus(tmp_path / "corpus")),
+    corpus = smoke_run["cfg"].corpus
+    args = ["run", "--preset", "smoke", *[a for c in corpus for a in ("--corpus", c)],
             "--data-dir", str(data_dir), "--run-name", "full", "--set", "iterations=1",
-            "--set", "pretrain.max_steps=5", "--set", "prompts_per_iteration=2", "--set", "eval.n_prompts=2"]  # fmt: skip
+            "--set", "prompts_per_iteration=2", "--set", "eval.n_prompts=2",
+            "--set", "registry.experiment=full-disk", "--set", "registry.model_name=full-policy"]  # fmt: skip
     first = gae(*args, env={**env, "GAE_TEST_FULL_AT_REGISTRATION": "1"})
     line = error_line(first)
     db = data_dir / "mlflow.db"
@@ -359,4 +389,4 @@ def test_a_run_past_a_broken_old_part_and_a_full_disk_at_registration_recovers(
     run_id = full["mlflow_run_id"]
     models = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
     assert len(models) == 1  # the model logged before the disk filled was registered, not logged again
-    assert [int(v.version) for v in client.search_model_versions("name = 'gae-policy'")] == [1]
+    assert [int(v.version) for v in client.search_model_versions("name = 'full-policy'")] == [1]

@@ -32,6 +32,23 @@ from gae.kernels.cpu import gae_cpu
 BACKENDS = ["reference", "torch", "numba"] + (["triton"] if triton_available() else [])
 # Triton runs on CUDA where there is a GPU, else through its interpreter on CPU (conftest)
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float64]
+
+
+def cases(*shapes: int):
+    """(backend, dtype[, T]) cases: every combination, except that the Triton interpreter
+    (~1 s a launch on CPU) runs float32 and the last T only (the kernel is the same code for
+    float64, which the other backends and the CUDA runs check)."""
+    out = []
+    for backend in BACKENDS:
+        for dtype in DTYPES:
+            for T in shapes or (None,):
+                interpreted = backend == "triton" and TRITON_DEVICE == "cpu"
+                if interpreted and (dtype != torch.float32 or (shapes and shapes[-1] != T)):
+                    continue
+                dims = (backend, dtype) if T is None else (backend, dtype, T)
+                out.append(pytest.param(*dims, id="-".join(map(str, dims)).replace("torch.", "")))
+    return out
 
 
 def gae(rewards, values, mask, *, backend="auto", **kw):
@@ -88,9 +105,8 @@ def batch(B, T, *, seed, dtype=torch.float32):
     return rewards, values, mask, last_value, lam_a, lam_c
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("T", [1, 9, 70])  # 70: two Triton chunks under the interpreter (BLOCK 64)
+# T = 70: two Triton chunks under the interpreter (BLOCK 64), the case it keeps on CPU
+@pytest.mark.parametrize(("backend", "dtype", "T"), cases(1, 9, 70))
 def test_per_row_and_decoupled_lambda_match_the_closed_form(backend, dtype, T):
     B = 9
     r, v, m, lv, lam_a, lam_c = batch(B, T, seed=T, dtype=dtype)
@@ -108,8 +124,7 @@ def test_per_row_and_decoupled_lambda_match_the_closed_form(backend, dtype, T):
             assert bool((adv[~m] == 0).all()) and bool((ret[~m] == 0).all())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("backend", "dtype"), cases())
 def test_equal_critic_lambda_is_bit_identical_to_single_lambda_gae(backend, dtype):
     r, v, m, lv, lam_a, _ = batch(7, 70, seed=1, dtype=dtype)
     adv, ret = gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, backend=backend)
@@ -136,7 +151,7 @@ def test_two_accumulator_kernels_with_equal_lambdas_are_bit_identical_to_the_sin
     ta, tr = gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, backend="torch")
     a, q = _gae_torch_loop(r, v, m, lv, 0.99, 0.95, 0.95)
     assert torch.equal(a, ta) and torch.equal(q, tr)
-    if triton_available():
+    if triton_available() and (TRITON_DEVICE == "cuda" or dtype == torch.float32):  # see `cases`
         from gae.kernels.triton_gae import gae_triton
 
         xa, xr = gae(r, v, m, gamma=0.99, lam=0.95, last_value=lv, backend="triton")

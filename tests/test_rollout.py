@@ -295,3 +295,26 @@ def test_rollout_task_from_file_and_duckdb(tmp_path, tok):
             rollout_task.fn(
                 str(tmp_path / "data"), pol, pol, tk, rcfg, out_dir=str(tmp_path / "b4"), prompt_ids=["nope"]
             )
+
+
+def test_null_batch_size_of_old_configs_loads_as_auto_and_resumes_the_same_run(tmp_path):
+    """batch_size is `rows | auto` (no third, null choice in the run form's schema); a config
+    saved when null also meant auto still loads, as auto, and names the same run."""
+    from gae.config import load_config
+    from gae.runstate import config_hash
+    from tasks.pipeline import resume_key
+
+    assert RolloutConfig(batch_size=None).batch_size == "auto"
+    assert RolloutConfig(batch_size=8).batch_size == 8
+    with pytest.raises(ValueError, match="batch_size"):
+        RolloutConfig(batch_size=0)
+    old = tmp_path / "old.yaml"
+    old.write_text("rollout: {batch_size: null}\n")
+    cfg = load_config(preset="smoke", path=old)
+    assert cfg.rollout.batch_size == "auto"
+    auto = load_config(preset="smoke", overrides=["rollout.batch_size=auto"])
+    assert config_hash(resume_key(cfg.model_dump(mode="json"))) == config_hash(
+        resume_key(auto.model_dump(mode="json"))
+    )
+    schema = RolloutConfig.model_json_schema()["properties"]["batch_size"]
+    assert not any(b.get("type") == "null" for b in schema["anyOf"]), schema

@@ -52,7 +52,8 @@ def test_injections_are_refused_and_write_nothing(tmp_path, expr):
         REWARDS["sql"](inputs(), expression=expression)
     msg = str(info.value)
     assert msg.startswith("sql reward: expression") and repr(expression) in msg, msg
-    assert "\n" not in msg.strip() or "Traceback" not in msg
+    assert "\n" not in msg.strip(), msg  # one line
+    assert "Traceback" not in msg, msg
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # The same expression in a run's config is refused when the config is built, naming the component.
     with pytest.raises(ValueError, match=r"components\[0\] sql reward: expression"):
@@ -146,3 +147,66 @@ def test_lock_down_keeps_the_allowed_directory_readable(tmp_path):
                 con.sql(f"select content from read_text('{path}')").fetchall()
     finally:
         con.close()
+
+
+LIST_25 = "[" + ", ".join(["'a'"] * 25) + "]"
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "len(range(0, 3e9))",
+        "len([x for x in range(3000000000)])",
+        "len(generate_series(1, 3000000000)) > 0",
+        "length(repeat(response, 3000000000))",
+        "length(lpad(response, 3000000000, 'x'))",
+        "length(printf('%3000000000d', 1))",
+        "len(list_resize([1], 3000000000))",
+        f"length(list_reduce({LIST_25}, lambda acc, x: acc || acc))",
+        "(select max(length(RePeAt(response, 3000000000))) from rollouts)",
+    ],
+)
+def test_expressions_whose_size_an_argument_sets_are_refused(expr):
+    """DuckDB's memory_limit does not bound the vector a scalar function returns: these would
+    take gigabytes of the process (range(0, 3e9) is a 24 GB list) whatever the limit."""
+    with pytest.raises(ValueError, match=r"^sql reward: expression .* calls \w+\(\), whose result size"):
+        REWARDS["sql"](inputs(), expression=expr)
+    with pytest.raises(ValueError, match=r"components\[0\] sql reward: expression .* calls"):
+        RewardConfig(components=[{"name": "sql", "options": {"expression": expr}}])
+
+
+def test_the_sandbox_has_a_memory_limit_and_threads_it_cannot_change(monkeypatch):
+    con = sandbox(memory_limit="20MB")
+    try:
+        settings = con.sql("select current_setting('memory_limit'), current_setting('threads')").fetchall()
+        assert settings == [("19.0 MiB", 1)]
+        with pytest.raises(duckdb.OutOfMemoryException):
+            con.sql("select list(x) from range(10000000) t(x)").fetchall()
+        for setting in ("memory_limit = '10GB'", "threads = 8"):
+            with pytest.raises(duckdb.Error, match="locked"):
+                con.execute(f"set {setting}")
+    finally:
+        con.close()
+    monkeypatch.setenv("GAE_SQL_MEMORY_LIMIT", "30MB")
+    con = sandbox()
+    try:
+        assert con.sql("select current_setting('memory_limit')").fetchall() == [("28.6 MiB",)]
+    finally:
+        con.close()
+    monkeypatch.delenv("GAE_SQL_MEMORY_LIMIT")
+    con = sandbox()
+    try:
+        assert con.sql("select current_setting('memory_limit')").fetchall() == [("953.6 MiB",)]  # 1GB
+    finally:
+        con.close()
+    with pytest.raises(ValueError, match="memory_limit 'lots'"):
+        sandbox(memory_limit="lots")
+
+
+def test_a_reward_expression_past_the_memory_limit_fails_cleanly(monkeypatch):
+    """A join the limit bounds fails with DuckDB's out-of-memory error, naming the expression."""
+    monkeypatch.setenv("GAE_SQL_MEMORY_LIMIT", "20MB")
+    many = RewardInputs.from_texts([f"response number {i}." for i in range(200)])
+    expr = "(select len(list(a.response || b.response)) from rollouts a, rollouts b, rollouts c)"
+    with pytest.raises(ValueError, match=r"sql reward: expression .* failed: Out of Memory"):
+        REWARDS["sql"](many, expression=expr)

@@ -169,3 +169,20 @@ def test_show_one_rollout_by_id_and_errors_are_one_line(smoke_run):
 def test_show_on_an_empty_store_says_what_to_do(tmp_path):
     res = gae_cli("show", "--data-dir", str(tmp_path))
     assert isinstance(res.exception, ValueError) and "gae run" in str(res.exception)
+
+
+def test_numbers_table_shows_tokens_that_look_like_markup_as_they_are():
+    import io
+
+    from rich.console import Console
+
+    tokens = [
+        tv.TokenRow(position=i, token_id=i, token=t, is_action=True, values={k: 0.5 for k in tv.NUMBERS})
+        for i, t in enumerate(["[/x]", "[red]hi[/red]", "[b]"])
+    ]
+    view = tv.RolloutView(rank="selected", row={"rollout_id": "r"}, tokens=tokens)
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(tv.numbers_table(view, "advantage", 1.0))
+    text = console.file.getvalue()
+    for shown in ("[/x]", "[red]hi[/red]", "[b]"):
+        assert shown in text, text

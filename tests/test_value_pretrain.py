@@ -5,6 +5,7 @@ before PPO iteration 0 with the `vapo` preset's options on real components."""
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def test_fit_critic_raises_explained_variance_and_leaves_the_policy():
     opt = build_optimizer(model, cfg)
     history = []
     for k in range(4):  # the same rollouts each time: the fit must improve on them
-        history.append(fit_critic(model, opt, copy.deepcopy(batch), rewards, cfg, gamma=1.0, iteration=k))
+        history.append(fit_critic(model, opt, copy.deepcopy(batch), rewards, cfg, gamma=1.0, iteration=k)[0])
     first, last = history[0], history[-1]
     assert last["value_pretrain/explained_var_after"] > first["value_pretrain/explained_var_before"] + 0.2
     # each iteration's "before" is the previous one's "after" on the same data
@@ -37,50 +38,160 @@ def test_fit_critic_raises_explained_variance_and_leaves_the_policy():
     )
 
 
+def monte_carlo_returns(rewards, mask, gamma: float, last=None) -> torch.Tensor:
+    """Slow reference: R_t = sum_{j >= t} gamma^(j-t) r_j (+ gamma^(L-t) last) over each row's
+    action tokens (a prefix here), by a backward loop in float64."""
+    out = torch.zeros(rewards.shape, dtype=torch.float64)
+    for b in range(rewards.shape[0]):
+        g = float(last[b]) if last is not None else 0.0
+        for t in reversed(range(int(mask[b].sum()))):
+            g = float(rewards[b, t]) + gamma * g
+            out[b, t] = g
+    return out
+
+
 def test_fit_critic_targets_are_monte_carlo_returns():
-    """lambda = 1: the targets do not depend on the critic (VC-PPO's point): two critics that
-    disagree fit toward the same returns, the discounted sum of rewards (+ bootstrap)."""
+    """lambda = 1 (VC-PPO's point): the returns fit_critic trains the critic on are the
+    discounted sums of rewards (+ the critic's bootstrap on truncated rows), not GAE(0.95)
+    returns, which would lean on the critic being fitted."""
     base = tiny_model(33)
     batch = synthetic_batch(base, B=6, seed=34)
-    _, rewards = target_rewards(batch)
-    mask = batch.action_mask
+    mask = batch.action_mask.bool()
+    assert torch.equal(mask, torch.arange(mask.shape[1])[None] < mask.sum(1, keepdim=True))  # prefixes
+    rewards = torch.randn(mask.shape, generator=torch.Generator().manual_seed(35)) * mask
     values, last = critic_values(base, batch)
-    _, ret = compute_gae(rewards, values, mask, gamma=0.9, lam=1.0)
-    _, ret2 = compute_gae(rewards, torch.randn_like(values), mask, gamma=0.9, lam=1.0)
-    torch.testing.assert_close(ret, ret2, atol=1e-5, rtol=1e-5)
     # critic_values is the model's own view of the batch: the rollout recorded the same
     torch.testing.assert_close(values, batch.values.float(), atol=0, rtol=0)
     torch.testing.assert_close(last, batch.last_values.float(), atol=0, rtol=0)
+    cfg = PPOConfig(epochs=1, minibatches=1, critic_lr=1e-2)
+    truncated = torch.tensor([True, False, True, False, False, True])
+    for trunc in (None, truncated):
+        model = copy.deepcopy(base)
+        metrics, ret = fit_critic(
+            model, build_optimizer(model, cfg), copy.deepcopy(batch), rewards, cfg, gamma=0.9, truncated=trunc
+        )
+        boot = None if trunc is None else torch.where(trunc, last, torch.zeros_like(last))
+        want = monte_carlo_returns(rewards, mask, 0.9, boot)
+        torch.testing.assert_close(ret.double()[mask], want[mask], atol=1e-5, rtol=1e-5)
+        assert metrics["value_pretrain/returns_mean"] == pytest.approx(float(want[mask].mean()), abs=1e-5)
+        # the reference tells lam = 1 from the run's usual 0.95 on this batch
+        _, ret95 = compute_gae(rewards, values, mask, gamma=0.9, lam=0.95, last_value=boot)
+        assert not torch.allclose(ret95.double()[mask], want[mask], atol=1e-3)
+
+
+class Interrupted(Exception):
+    """Stands in for the process being killed at that point."""
+
+
+def test_an_interrupted_value_pretraining_resumes_and_logs_each_iteration_once(tmp_path, empty_store):
+    """Killed while sampling iteration 2, and (another time) between iteration 1's checkpoint
+    and its MLflow point: each rerun continues from the last completed iteration with a fresh
+    model and optimizer (a new process), ends with the critic an uninterrupted run fits, and
+    the run's MLflow history holds each iteration's point once."""
+    from gae.paths import DataDir
+    from gae.tracking import Tracker
+    from gae.value_pretrain import pretrain_critic
+
+    cfg = PPOConfig(epochs=2, minibatches=2, critic_lr=1e-2)
+    policy = tiny_model(41)
+    batches = [synthetic_batch(policy, B=8, seed=50 + k) for k in range(4)]
+
+    def sample(k):
+        b = copy.deepcopy(batches[k])
+        return b, target_rewards(b)[1], None
+
+    def run(state_dir, *, sample=sample, log=None):
+        model = copy.deepcopy(policy)  # a new process: the initial policy, a fresh optimizer
+        out = pretrain_critic(
+            model, build_optimizer(model, cfg), cfg, iterations=4, sample=sample, gamma=1.0,
+            state_dir=state_dir, log=log,
+        )  # fmt: skip
+        return model, out
+
+    straight, want = run(tmp_path / "straight")
+
+    dd = DataDir.resolve(tmp_path / "data").ensure()
+    shutil.copyfile(empty_store, dd.mlflow_db)
+    tracker = Tracker.start(dd, run_id="vp")
+    calls = []
+
+    def log(k, metrics, only_new):
+        calls.append((k, only_new))
+        if (k, only_new) == (1, False) and calls.count((1, False)) == 1:
+            raise Interrupted  # checkpoint of iteration 1 written, its point not logged
+        tracker.log_metrics(metrics, step=k, only_new=only_new)
+
+    def sample_until_2(k):
+        if k == 2:
+            raise Interrupted
+        return sample(k)
+
+    state = tmp_path / "resumed"
+    with pytest.raises(Interrupted):
+        run(state, log=log)  # iteration 0 logged, 1 checkpointed, then killed
+    with pytest.raises(Interrupted):
+        run(state, sample=sample_until_2, log=log)  # 1 logged on resume, killed sampling 2
+    resumed, got = run(state, log=log)
+    assert calls == [(0, False), (1, False), (1, True), (1, True), (2, False), (3, False)]
+    assert got == want
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for key in ("value_pretrain/explained_var_before", "value_pretrain/explained_var_after"):
+        steps = [m.step for m in tracker.client.get_metric_history(tracker.run_id, key)]
+        assert sorted(steps) == [0, 1, 2, 3], (key, steps)
+    # a finished pretraining returns its result without fitting again
+    again, out = run(state, log=log)
+    assert out == want and calls[-1] == (3, True)
+    for p, q in zip(straight.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_value_pretraining_with_a_critic_free_estimator_is_refused():
+    from gae.config import load_config
+
+    for est in ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus"):
+        with pytest.raises(
+            ValueError, match=rf"value_pretrain_iterations=2 fits the critic.*estimator={est}"
+        ):
+            load_config(
+                preset="smoke",
+                overrides={"advantages": {"estimator": est}, "ppo": {"value_pretrain_iterations": 2}},
+            )
+    load_config(preset="smoke", overrides={"advantages": {"estimator": "grpo"}})
+    load_config(preset="smoke", overrides={"ppo": {"value_pretrain_iterations": 2}})
 
 
 @pytest.mark.slow
-def test_pipeline_pretrains_the_critic_before_iteration_0(prefect_api, tmp_path):
+def test_pipeline_pretrains_the_critic_before_iteration_0(prefect_api, smoke_run, smoke_copy):
     """The smoke pipeline with the vapo preset's advantage and loss options: value pretraining
     logged to MLflow (explained variance before and after), its policy is iteration 0's start
     (same policy weights as the pretrained base, a different value head), and every option
-    shows in the metrics."""
+    shows in the metrics. In a copy of the session's smoke run (corpus ingested, model
+    pretrained), with fewer prompts: the run samples, pretrains the critic and trains only."""
     from flows.pipeline import rl_pipeline
     from gae.config import PRESETS, load_config
     from gae.models import load_model
     from gae.paths import DataDir
     from gae.tracking import get_client
-    from tests.test_pipeline import write_corpus
 
-    data_dir = tmp_path / "data"
+    data_dir = smoke_copy
     vapo = PRESETS["vapo"]
     overrides = {
         "advantages": vapo["advantages"],
         "ppo": {**vapo["ppo"], "value_pretrain_iterations": 2, "positive_score_threshold": 0.5},
         "shaping": vapo["shaping"],
         "iterations": 1,
-        "registry": {"enabled": False},
+        "prompts_per_iteration": 4,
+        "eval": {"n_prompts": 2},
+        "registry": {"enabled": False, "experiment": "vapo"},
     }
-    corpus = write_corpus(tmp_path / "corpus")
+    corpus = list(smoke_run["cfg"].corpus)
     cfg = load_config(
         preset="smoke",
-        overrides={**overrides, "data_dir": str(data_dir), "corpus": [str(corpus)], "run_name": "vapo"},
+        overrides={**overrides, "data_dir": str(data_dir), "corpus": corpus, "run_name": "vapo"},
     )
     result = rl_pipeline(cfg)
+    assert result["base"]["cached"]  # the smoke run's pretrained model
     client = get_client(data_dir)
     run = client.get_run(result["mlflow_run_id"])
     hist = {

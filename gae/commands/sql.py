@@ -48,9 +48,9 @@ def register(app: typer.Typer) -> None:
 
         con = connect(data_dir, read_only=True, views=False, confine=not allow_external)
         try:
-            check_query_only(con, query)
-            rel = _with_views(con, data_dir, lambda: con.sql(query))
-            _print(rel, fmt, max_rows, data_dir)
+            check_query_only(con, query, data_dir)
+            rel = _with_views(con, data_dir, lambda: con.sql(query), query)
+            _print(rel, fmt, max_rows, data_dir, query)
         finally:
             con.close()
 
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         max_rows: int = typer.Option(100, help="Rows shown by --format table (csv and json print all)."),
     ) -> None:
         """Run a named query (sql/queries/NAME.sql) read-only, with --param key=value for its $key parameters."""
-        from gae.db import coerce_param, connect, list_queries, query_params, run_query
+        from gae.db import coerce_param, connect, list_queries, load_sql, query_params, run_query
 
         queries = list_queries()
         if list_ or not name:
@@ -87,7 +87,9 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"no named query {name!r}; `gae query --list` shows them: {', '.join(queries)}")
         con = connect(data_dir, read_only=True, views=False, confine=True)
         try:
-            _print(_with_views(con, data_dir, lambda: run_query(con, name, params)), fmt, max_rows, data_dir)
+            sql = load_sql(f"queries/{name}")
+            rel = _with_views(con, data_dir, lambda: run_query(con, name, params), sql)
+            _print(rel, fmt, max_rows, data_dir, sql)
         finally:
             con.close()
 
@@ -100,7 +102,7 @@ def _check_format(fmt: str) -> None:
 _EXPLAIN = re.compile(r"^\s*explain\b(\s+analy[sz]e\b)?(\s*\([^)]*\))?", re.IGNORECASE)
 
 
-def check_query_only(con, query: str) -> None:
+def check_query_only(con, query: str, data_dir=None) -> None:
     """Refuse anything but queries before running it. A read-only connection stops writes to
     the database, not statements that write files or change the session: `COPY ... TO` could
     overwrite gae.duckdb or the Parquet store, `EXPORT DATABASE` writes a folder, `INSTALL`
@@ -111,7 +113,7 @@ def check_query_only(con, query: str) -> None:
     try:
         statements = con.extract_statements(query)
     except duckdb.Error as exc:
-        raise _clear(exc) from None
+        raise _clear(exc, data_dir, query) from None
     for i, st in enumerate(statements, 1):
         kind = st.type
         if kind == duckdb.StatementType.EXPLAIN:
@@ -131,7 +133,7 @@ def check_query_only(con, query: str) -> None:
             )
 
 
-def _with_views(con, data_dir, fn):
+def _with_views(con, data_dir, fn, sql: str | None = None):
     """Run without the Parquet views first: registering them imports gae.store, and with it torch
     (seconds). A query that names a table the database lacks (tokens, rollouts) gets them and a retry."""
     import duckdb
@@ -143,40 +145,38 @@ def _with_views(con, data_dir, fn):
     except duckdb.CatalogException:
         register_store_views(con, data_dir)
     except duckdb.Error as exc:
-        raise _clear(exc, data_dir) from None
-    return _guard(fn, data_dir)
+        raise _clear(exc, data_dir, sql) from None
+    return _guard(fn, data_dir, sql)
 
 
-def _guard(fn, data_dir=None):
+def _guard(fn, data_dir=None, sql: str | None = None):
     """Turn DuckDB's errors into one clear line."""
     import duckdb
 
     try:
         return fn()
     except duckdb.Error as exc:
-        raise _clear(exc, data_dir) from None
+        raise _clear(exc, data_dir, sql) from None
 
 
 _NO_ACCESS = re.compile(r'Cannot access (?:file|directory) "([^"]*)" - file system operations are disabled')
 
 
-# DuckDB's words for a Parquet file it cannot decode; some name no file, so the store is checked.
-_PARQUET_DAMAGE = re.compile(r"parquet|thrift|magic bytes|corrupt", re.IGNORECASE)
+# DuckDB's words for a Parquet file it cannot decode. Damage inside a page is reported without
+# the file's name ("Parquet file is likely corrupted, ..."); a damaged footer names it.
+_PARQUET_DAMAGE = re.compile(r"corrupt|thrift|magic bytes|decompress|parquet file|page header", re.IGNORECASE)
+_QUOTED_PARQUET = re.compile(r"""["']([^"']+\.parquet)["']""")
 
 
-def _clear(exc: Exception, data_dir=None) -> RuntimeError:
+def _clear(exc: Exception, data_dir=None, sql: str | None = None) -> RuntimeError:
     from gae.errors import one_line
 
     msg = str(exc)
     if "the store part" in msg:  # a view over a broken part (gae.store.register_views) says which
         return RuntimeError(one_line(exc).split("Error: ", 1)[-1])
-    if _PARQUET_DAMAGE.search(msg):
-        from gae.store import TABLES, broken_parts, describe_broken
-
-        for table in TABLES:
-            bad = broken_parts(data_dir, table, full=True)
-            if bad:
-                return RuntimeError(describe_broken(table, bad))
+    broken = _broken_store_part(exc, data_dir, sql)
+    if broken:
+        return RuntimeError(broken)
     denied = _NO_ACCESS.search(msg)
     if denied:
         return RuntimeError(
@@ -193,12 +193,51 @@ def _clear(exc: Exception, data_dir=None) -> RuntimeError:
     return RuntimeError(one_line(exc))
 
 
-def _print(rel, fmt: str, max_rows: int, data_dir=None) -> None:
+def _broken_store_part(exc: Exception, data_dir, sql: str | None) -> str | None:
+    """The store part a Parquet error is about, with what to do; None when it is not about the
+    store. A message naming a file names the part or not (one footer is read for the reason);
+    one naming no file (damage inside a page) has the parts of the store tables the query reads
+    checked, footers then pages, which the query was reading anyway. A query that reads no
+    store table, such as a typo in `read_parquet('missing.parquet')`, reads no part."""
+    import duckdb
+
+    from gae.paths import DataDir
+
+    if isinstance(exc, duckdb.ParserException | duckdb.BinderException | duckdb.CatalogException):
+        return None
+    msg = str(exc)
+    named = [Path(p) for p in _QUOTED_PARQUET.findall(msg)]
+    if not named and not _PARQUET_DAMAGE.search(msg):
+        return None
+    from gae.store import TABLES, broken_parts, check_part, describe_broken
+
+    dd = DataDir.resolve(data_dir)
+    roots = {t: getattr(dd, t).resolve() for t in TABLES}
+    for path in named:
+        table = next((t for t, root in roots.items() if path.resolve().is_relative_to(root)), None)
+        if table is None:
+            continue
+        reason = check_part(path) or (" ".join(msg.split()) if _PARQUET_DAMAGE.search(msg) else None)
+        if reason:
+            return describe_broken(table, [(path, reason)])
+    if named:
+        return None
+    from gae.sqlsafe import tables_read
+
+    for table in sorted((tables_read(sql) if sql else None) or set()):
+        if table in TABLES:
+            bad = broken_parts(dd, table) or broken_parts(dd, table, full=True)
+            if bad:
+                return describe_broken(table, bad)
+    return None
+
+
+def _print(rel, fmt: str, max_rows: int, data_dir=None, sql: str | None = None) -> None:
     if rel is None:  # a statement without a result (SET, CREATE TEMP ...)
         typer.echo("ok")
         return
     cols = list(rel.columns)
-    rows = _guard(rel.fetchall, data_dir)
+    rows = _guard(rel.fetchall, data_dir, sql)
     if fmt == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(cols)
@@ -212,10 +251,15 @@ def _print(rel, fmt: str, max_rows: int, data_dir=None) -> None:
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(*cols, show_lines=False)
+        # Text, not str: rich reads a str as markup, so a value such as '[/x]' would raise and
+        # '[red]hi[/red]' would print as `hi`; a Text cell is shown as it is.
+        table = Table(show_lines=False)
+        for c in cols:
+            table.add_column(Text(c))
         for r in rows[:max_rows]:
-            table.add_row(*(_cell(v) for v in r))
+            table.add_row(*(Text(_cell(v)) for v in r))
         Console().print(table)
         more = f", {max_rows} shown (--max-rows)" if len(rows) > max_rows else ""
         typer.echo(f"{len(rows)} row{'s' if len(rows) != 1 else ''}{more}")
