@@ -174,3 +174,17 @@ def test_run_summary_of_a_resumed_run_lists_every_iteration(tmp_path, capsys):
     rows = [line for line in out.splitlines() if line.startswith("│")]
     assert [r.split("│")[1].strip() for r in rows] == ["0", "1", "2", "3"]
     assert "0.0500 before PPO -> 0.4000 after" in out
+
+
+def test_preset_help_names_every_preset():
+    # The help is static text (importing gae.config would pull torch into `--help`), so a preset
+    # added to PRESETS without a word in the help fails here.
+    from gae.config import PRESETS
+
+    _register_all()
+    runner = CliRunner()
+    for cmd in ("run", "config"):
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+        assert res.exit_code == 0, res.output
+        missing = [name for name in PRESETS if name not in res.output]
+        assert not missing, f"gae {cmd} --help does not name presets {missing}"

@@ -10,7 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("config")
     def config(
-        preset: str = typer.Option("default", help="smoke or default."),
+        preset: str = typer.Option("default", help="smoke, default, vc_ppo or vapo."),
         config: Path | None = typer.Option(None, "--config", "-c", help="YAML file with config values."),
         set_: list[str] = typer.Option(
             [], "--set", help="Override one value: --set ppo.epochs=2 (repeatable)."

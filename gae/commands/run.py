@@ -42,7 +42,10 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         preset: str = typer.Option(
-            "default", help="smoke (under a minute, CPU) or default (the embedded demo)."
+            "default", help=(
+                "smoke (under a minute on a CPU), default (the embedded demo), vc_ppo or vapo "
+                "(the papers' settings at this scale); `gae config --preset NAME` prints one."
+            ),
         ),
         config: Path | None = typer.Option(
             None, "--config", "-c", help="YAML file with config values (see README)."
