@@ -42,6 +42,7 @@ def connect(
     read_only: bool = False,
     views: bool = True,
     confine: bool = False,
+    upgrade: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """Open `<data-dir>/gae.duckdb`.
 
@@ -54,6 +55,11 @@ def connect(
     (`gae.sqlsafe.lock_down`); the store views read Parquet there, so they keep working. The
     confined connection is a private in-memory instance with the file attached, so other
     connections to the same file in the process keep their settings.
+
+    A read-only connection to a database written by an older gaeflow (pending migrations)
+    applies them first through a short read-write connection, as every writer does, so that
+    `gae query` after an upgrade finds the new tables; upgrade=False (what `gae doctor` uses to
+    report the state) opens it as it is.
     """
     import duckdb
 
@@ -84,6 +90,10 @@ def connect(
     try:
         if not read_only:
             migrate(con)
+        elif upgrade and _behind(con):
+            con.close()
+            _upgrade(dd)
+            return connect(dd, read_only=True, views=views, confine=confine, upgrade=False)
         if views:
             _register_store_views(con, dd)
         if confine:
@@ -94,6 +104,42 @@ def connect(
         con.close()
         raise
     return con
+
+
+def _behind(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the schema lacks migrations this code has (an empty or pre-migration file too)."""
+    import duckdb
+
+    try:
+        have = {v for (v,) in con.execute("select version from schema_migrations").fetchall()}
+    except duckdb.CatalogException:
+        return True
+    return not {v for v, _, _ in schema_files()} <= have
+
+
+def _upgrade(dd: DataDir) -> None:
+    """Apply the pending migrations of a database found behind by a read-only connection."""
+    import duckdb
+
+    want = max(v for v, _, _ in schema_files())
+    try:
+        con = duckdb.connect(str(dd.db), config={"autoinstall_known_extensions": False})
+    except duckdb.Error as exc:
+        msg = str(exc)
+        if "Could not set lock" in msg or "Conflicting lock" in msg:
+            why = _lock_message(dd, msg)
+        elif "Permission denied" in msg or "read-only" in msg.lower():
+            why = "the file cannot be written here (permission denied)"
+        else:
+            why = " ".join(msg.split())
+        raise RuntimeError(
+            f"the database {dd.db} was written by an older gaeflow and needs its schema upgraded to "
+            f"version {want}, which cannot be done now: {why}; then run `gae doctor --fix`"
+        ) from None
+    try:
+        migrate(con)
+    finally:
+        con.close()
 
 
 def _attach_private(path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:

@@ -111,7 +111,7 @@ def _check_database(dd: DataDir) -> list[Finding]:
             Finding("database", str(dd.db), "no database yet (`gae ingest` or `gae run` creates it)", ok=True)
         ]
     try:
-        con = connect(dd, read_only=True, views=False)
+        con = connect(dd, read_only=True, views=False, upgrade=False)
     except UnreadableDatabase as exc:
         return [
             Finding("database", str(dd.db), exc.detail, "move it to quarantine/; `gae ingest` rebuilds it")

@@ -179,3 +179,38 @@ def test_store_views_on_read_only_connection(data_dir):
         ).fetchall()
     finally:
         con.close()
+
+
+def test_read_only_upgrades_a_database_from_an_older_gaeflow(tmp_path, monkeypatch):
+    """`gae query ingests` on a database made before the ingests table existed: the read-only
+    connection applies the pending migration first (as every writer does) instead of failing
+    with DuckDB's 'Table ingests does not exist'."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from gae.cli import _register_all, app
+
+    older = tmp_path / "sql"
+    shutil.copytree(db.SQL_DIR, older)
+    ingests = [p for p in (older / "schema").glob("*.sql") if "ingests" in p.name]
+    assert ingests, "the schema has a migration creating the ingests table"
+    later = [p for p in (older / "schema").glob("*.sql") if p.name >= ingests[0].name]
+    for p in later:
+        p.unlink()
+    with monkeypatch.context() as m:
+        m.setattr(db, "SQL_DIR", older)
+        db.connect(tmp_path / "data", views=False).close()
+    con = duckdb.connect(str(tmp_path / "data" / "gae.duckdb"), read_only=True)
+    assert not con.execute(
+        "select count(*) from information_schema.tables where table_name = 'ingests'"
+    ).fetchall()[0][0]
+    con.close()
+    _register_all()
+    res = CliRunner().invoke(app, ["query", "ingests", "--data-dir", str(tmp_path / "data")])
+    assert res.exit_code == 0, res.output
+    con = db.connect(tmp_path / "data", read_only=True, views=False, upgrade=False)
+    try:
+        assert db.schema_version(con) == max(v for v, _, _ in db.schema_files())
+    finally:
+        con.close()
