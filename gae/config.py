@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gae.advantages import Estimator
 from gae.distributed.config import ClusterConfig
+from gae.estimators import Estimator
 from gae.ingest import IngestConfig
 from gae.models import ModelConfig
 from gae.pretrain import PretrainConfig

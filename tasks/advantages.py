@@ -41,9 +41,10 @@ def compute_advantages(
     from safetensors.torch import save_file
 
     from gae import handoff
-    from gae.advantages import estimate, length_adaptive_lam, parse_estimator, zero_variance_groups
+    from gae.advantages import length_adaptive_lam, zero_variance_groups
     from gae.batch import RolloutBatch
     from gae.device import resolve_device, to_host
+    from gae.estimators import estimate, parse_estimator
     from gae.fsutil import atomic_path
     from gae.rewards import ScoreTable
     from gae.shaping import ShapingConfig, score_without_overlong, sequence_kl, shape_rewards

@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from gae.advantages import (
+    compute_gae,
+    dr_grpo_advantages,
+    grpo_advantages,
+    rloo_advantages,
+)
+from gae.estimators import (
     Estimator,
     _advantages_from_tail,
-    compute_gae,
     compute_weighted_advantages,
-    dr_grpo_advantages,
     estimate,
     get_estimator,
-    grpo_advantages,
     reinforce_pp_advantages,
-    rloo_advantages,
     tail_weights,
 )
 from gae.masked import masked_mean, masked_var

@@ -21,10 +21,12 @@ from gae.advantages import (
     AdvantageInputError,
     _gae_torch_loop,
     compute_gae,
-    estimate,
     gae_reference,
     length_adaptive_lam,
     raise_pending,
+)
+from gae.estimators import (
+    estimate,
 )
 from gae.kernels import triton_available
 from gae.kernels.cpu import gae_cpu
