@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gae.batch import RolloutBatch  # noqa: E402
 from gae.db import run_query  # noqa: E402
 from gae.rewards import ScoreTable  # noqa: E402
-from gae.store import register_views, tokens_frame, write_iteration  # noqa: E402
+from gae.store import tokens_frame, write_iteration  # noqa: E402
+from gae.store_views import register_views  # noqa: E402
 
 # The per-token named queries (sql/queries/<name>.sql; the others there read the corpus tables),
 # run with their header defaults: the run written last, all iterations.

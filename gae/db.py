@@ -14,7 +14,6 @@ defaults, and values are bound as `$name`, never formatted in.
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import re
 from pathlib import Path
@@ -48,7 +47,7 @@ def connect(
 
     Read-write connections create the file and apply pending migrations. Read-only ones
     need an existing database (FileNotFoundError otherwise) and refuse every write. Both
-    get the TEMP views over Parquet from `gae.store.register_views` when that module exists
+    get the TEMP views over Parquet from `gae.store_views.register_views`
     (views=False skips them: ingest never reads Parquet, and gae.store imports torch).
     confine=True (what `gae sql` and `gae query` use) leaves the connection able to read
     files under the data directory only, with no extensions and no setting changes
@@ -197,19 +196,15 @@ def _lock_message(dd: DataDir, duckdb_msg: str) -> str:
 def register_store_views(
     con: duckdb.DuckDBPyConnection, data_dir: DataDir | str | os.PathLike | None
 ) -> None:
-    """The TEMP views over Parquet (`gae.store.register_views`), when that module exists."""
+    """The TEMP views over Parquet (`gae.store_views.register_views`)."""
     _register_store_views(con, _as_data_dir(data_dir))
 
 
 def _register_store_views(con: duckdb.DuckDBPyConnection, dd: DataDir) -> None:
-    try:
-        store = importlib.import_module("gae.store")
-    except ModuleNotFoundError as exc:
-        if exc.name == "gae.store":  # the Parquet store not built yet; any other missing module is a bug
-            return
-        raise
+    from gae.store_views import register_views
+
     # TEMP views: DuckDB allows creating them on read-only connections (persistent views would be refused).
-    store.register_views(con, dd)
+    register_views(con, dd)
 
 
 # ---------------------------------------------------------------- migrations

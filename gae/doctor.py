@@ -151,7 +151,8 @@ def _check_store(dd: DataDir) -> list[Finding]:
     """One finding per (run, iteration) partition that has a problem. An iteration is written
     as a pair (tokens, then its rollouts: gae.store.write_iteration), so a broken part takes
     its partner to quarantine with it: the store then holds whole iterations only."""
-    from gae.store import TABLES, check_part, parts
+    from gae.store import TABLES
+    from gae.store_views import check_part, parts
 
     found: dict[Path, dict[str, Path]] = {}  # partition (run_id=R/iteration=I) -> {table: part}
     broken: dict[Path, list[str]] = {}

@@ -180,7 +180,7 @@ def open_store(root: str | Path | DataDir | None) -> duckdb.DuckDBPyConnection:
     under `root` (a data directory, or a staging folder with the same layout)."""
     import duckdb
 
-    from gae.store import register_views
+    from gae.store_views import register_views
 
     dd = root if isinstance(root, DataDir) else DataDir.resolve(root)
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})

@@ -201,7 +201,8 @@ def test_user_message_is_one_line_for_each_kind():
 def test_a_broken_part_fails_only_its_view_naming_the_part(tmp_path):
     import duckdb
 
-    from gae.store import broken_parts, check_part, partition_path, register_views, write_iteration
+    from gae.store import partition_path, write_iteration
+    from gae.store_views import broken_parts, check_part, register_views
     from tests.test_store import make_batch, outputs
 
     for it in (0, 1):

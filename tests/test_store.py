@@ -26,10 +26,9 @@ from gae.store import (
     fill_training_logprobs,
     list_iterations,
     partition_path,
-    read_file_metadata,
-    register_views,
     write_iteration,
 )
+from gae.store_views import read_file_metadata, register_views
 
 REPO = Path(__file__).resolve().parents[1]
 

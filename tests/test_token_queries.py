@@ -12,7 +12,8 @@ import torch
 
 from gae.db import connect, list_queries, query_params, run_query
 from gae.rewards import ScoreTable
-from gae.store import register_views, write_iteration
+from gae.store import write_iteration
+from gae.store_views import register_views
 from tests.test_store import make_batch
 
 QUERIES = Path(__file__).resolve().parents[1] / "sql" / "queries"

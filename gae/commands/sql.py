@@ -172,7 +172,7 @@ def _clear(exc: Exception, data_dir=None, sql: str | None = None) -> RuntimeErro
     from gae.errors import one_line
 
     msg = str(exc)
-    if "the store part" in msg:  # a view over a broken part (gae.store.register_views) says which
+    if "the store part" in msg:  # a view over a broken part (gae.store_views.register_views) says which
         return RuntimeError(one_line(exc).split("Error: ", 1)[-1])
     broken = _broken_store_part(exc, data_dir, sql)
     if broken:
@@ -209,7 +209,8 @@ def _broken_store_part(exc: Exception, data_dir, sql: str | None) -> str | None:
     named = [Path(p) for p in _QUOTED_PARQUET.findall(msg)]
     if not named and not _PARQUET_DAMAGE.search(msg):
         return None
-    from gae.store import TABLES, broken_parts, check_part, describe_broken
+    from gae.store import TABLES
+    from gae.store_views import broken_parts, check_part, describe_broken
 
     dd = DataDir.resolve(data_dir)
     roots = {t: getattr(dd, t).resolve() for t in TABLES}
